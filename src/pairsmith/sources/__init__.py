@@ -1,1 +1,5 @@
+"""Candidate sources: memories of past embeddings with their keys."""
 
+from pairsmith.sources.queue import Queue
+
+__all__ = ["Queue"]
