@@ -1,0 +1,1 @@
+"""False-negative removal (survey 4.2): FNC, DCL, ..."""

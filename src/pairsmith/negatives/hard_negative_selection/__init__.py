@@ -1,0 +1,1 @@
+"""Hard negative selection (survey 4.1): HCL, MoCHi, ..."""
