@@ -79,7 +79,8 @@ class Pairs:
         positives: weight over ``[B, M]`` (default ``SameKey("instance")``).
         negatives: weight over ``[B, M]`` (default ``Complement()``: every non-positive).
         self_index: ``[B]`` long, the column of each anchor itself among the candidates,
-            or -1; that column is never a positive nor a negative.
+            or -1; that column is never a positive nor a negative. When ``None`` and a
+            segment holds the anchors tensor itself, it is inferred from that segment.
         per_anchor: ``[B, S, D]`` candidates private to each anchor, or ``None``.
         per_anchor_positives: ``[B, S]`` weights of those candidates as positives.
         per_anchor_negatives: ``[B, S]`` weights of those candidates as negatives.
@@ -278,6 +279,15 @@ def _validate(p: Pairs) -> None:
         segs.append(dataclasses.replace(s, keys=skeys))
     object.__setattr__(p, "segments", tuple(segs))
     m = sum(len(s) for s in segs)
+    if p.self_index is None:
+        # Anchors passed again as a candidate segment (the same tensor object) are their
+        # own columns: infer self_index so an anchor is never its own positive.
+        offset = 0
+        for s in segs:
+            if s.embeddings is a:
+                object.__setattr__(p, "self_index", offset + torch.arange(b, device=a.device))
+                break
+            offset += len(s)
     if p.self_index is not None:
         si = p.self_index
         if not isinstance(si, Tensor) or si.shape != (b,) or si.dtype != torch.int64:

@@ -81,12 +81,18 @@ def _register(kind: str, name: str, taxonomy: tuple[str, str]) -> Callable[[T], 
 
     def deco(obj: T) -> T:
         table = _REGISTRY[kind]
-        if name in table and table[name].obj is not obj:
+        old = table.get(name)
+        # A module reload re-registers the same component: allow it; anything else clashes.
+        if old is not None and _qualname(old.obj) != _qualname(obj):
             raise ValueError(f"{kind} {name!r} is already registered to {table[name].obj!r}")
         table[name] = Entry(kind, name, obj, taxonomy)  # type: ignore[arg-type]
         return obj
 
     return deco
+
+
+def _qualname(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
 def register_curator(name: str, taxonomy: tuple[str, str]) -> Callable[[T], T]:
