@@ -265,3 +265,11 @@ def test_auto_chunking_kicks_in_and_agrees(monkeypatch):
     auto = info_nce(pairs, 0.2, chunk_size="auto").loss
     assert len(calls) > 1
     torch.testing.assert_close(auto, full)
+
+
+def test_decoupled_row_without_negatives_is_invalid():
+    z1, z2 = unit(3, 4), unit(3, 4, seed=1)
+    keys = {"instance": torch.arange(3), "label": torch.zeros(3, dtype=torch.long)}
+    pairs = Pairs.from_views([z1, z2], keys, positives=SameKey("label"))  # all positives
+    out = info_nce(pairs, 0.1, "none")
+    assert not out.valid.any() and torch.isfinite(out.losses).all() and out.loss == 0

@@ -19,7 +19,8 @@ combined by ``aggregate``:
 
 Weights enter as log-weights folded into the logits (``-inf`` for 0, written as a large
 finite negative so that rows without positives never produce NaN, even in backward).
-A row without a positive is *invalid*: its loss is 0 and it is reported in ``valid``.
+A row without a positive (or, for ``"none"``, without a negative) is *invalid*: its loss
+is 0 and it is reported in ``valid``.
 
 Survey section 2 (the InfoNCE loss); configurations: NT-Xent (SimCLR, Chen et al. 2020),
 SupCon (Khosla et al. 2020), MoCo's queue loss (He et al. 2020).
@@ -189,6 +190,9 @@ def _block_losses(
     terms = logits - log_den  # [r, M'] log-probability of each column as the positive
     total = pos.sum(dim=1)
     valid = total > 0
+    if mode == "none":
+        # A decoupled denominator with no negative is empty: the row has no defined loss.
+        valid = valid & (neg > 0).any(dim=1)
     safe_total = total.clamp_min(torch.finfo(pos.dtype).tiny)
     if aggregate == "mean_log":
         # where() keeps the huge finite values of non-positive columns out of the sum.
