@@ -9,8 +9,11 @@ backbone=net)``). Every module is imported here so registration cannot silently 
 
 from pairsmith.methods.base import Method, StepOutput
 from pairsmith.methods.mocov2 import MoCoV2
+from pairsmith.methods.mocov2_mochi import MoCoV2MoCHi
+from pairsmith.methods.nnclr import NNCLR
 from pairsmith.methods.simclr import ContrastiveMethod, SimCLR
 from pairsmith.methods.simclr_dcl import SimCLRDCL
+from pairsmith.methods.simclr_fnc import SimCLRFNC
 from pairsmith.methods.simclr_hcl import SimCLRHCL
 from pairsmith.methods.supcon import SupCon
 
@@ -18,8 +21,11 @@ __all__ = [
     "ContrastiveMethod",
     "Method",
     "MoCoV2",
+    "MoCoV2MoCHi",
+    "NNCLR",
     "SimCLR",
     "SimCLRDCL",
+    "SimCLRFNC",
     "SimCLRHCL",
     "StepOutput",
     "SupCon",

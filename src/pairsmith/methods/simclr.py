@@ -230,8 +230,9 @@ class ContrastiveMethod(Method):
     4. :func:`~pairsmith.functional.infonce.info_nce` computes the loss; under DDP it is
        scaled with :func:`~pairsmith.core.distributed.scale_loss_for_ddp`.
 
-    Subclasses set ``self.curators`` (and override :meth:`curators_for` for schedules) and
-    may override :meth:`loss_views` to keep some views out of the loss (FNC's support views).
+    Subclasses install curators with :meth:`set_curators` (and override
+    :meth:`curators_for` for schedules) and may override :meth:`make_pairs` to keep some
+    views out of the loss (FNC's detection-only support views).
 
     Args:
         backbone: encoder with an ``out_dim`` attribute; (B, C, H, W) -> (B, out_dim).
@@ -240,7 +241,7 @@ class ContrastiveMethod(Method):
         proj_dim: output size of the projection head (the contrastive space).
         proj_layers: linear layers in the projection head (2 in SimCLR v1).
         num_views: views per image (>= 2); all of them are anchors unless
-            :meth:`loss_views` says otherwise.
+            :meth:`make_pairs` says otherwise.
         positives_in_denominator: ``"all"`` (NT-Xent, SupCon L_out), ``"self"`` or ``"none"``.
         aggregate: ``"mean_log"`` or ``"log_mean"``.
         chunk_size: row chunking of the loss (``"auto"``, an int or ``None``).
@@ -288,12 +289,13 @@ class ContrastiveMethod(Method):
         """The curators to apply at this step (override for schedules and warm-ups)."""
         return self.curators
 
-    def loss_views(self, z: Sequence[Tensor]) -> Sequence[Tensor]:
-        """The projections that take part in the loss (default: all views)."""
-        return z
-
     def make_pairs(self, z: Sequence[Tensor], keys: Mapping[str, Tensor]) -> Pairs:
-        """Pairs of the loss views: local rows against the (global) batch."""
+        """Pairs of the views' projections: local rows against the (global) batch.
+
+        Args:
+            z: one L2-normalised projection per view. Shape: (B, D) each.
+            keys: the batch keys. Shape: (B,) each.
+        """
         return distributed_pairs(list(z), keys)
 
     def curate(self, pairs: Pairs, step: int, epoch: int) -> Pairs:
@@ -332,7 +334,7 @@ class ContrastiveMethod(Method):
         n = v[0].shape[0]
         z = list(encode(self.backbone, self.projector, torch.cat(v, dim=0)).chunk(len(v)))
         k = step_keys(keys, n, z[0].device)
-        pairs = self.curate(self.make_pairs(self.loss_views(z), k), step, epoch)
+        pairs = self.curate(self.make_pairs(z, k), step, epoch)
         loss = self.loss(pairs)
         assert self.last_output is not None
         logs = {
