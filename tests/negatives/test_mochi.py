@@ -98,7 +98,7 @@ def test_input_pairs_untouched():
     MoCHi(num_hard=5, num_mix=4, num_query_mix=2, seed=1)(p)
     after = [p.anchors.detach(), p.per_anchor, p.per_anchor_negatives]
     after += [s.embeddings.detach() for s in p.segments]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert dict(p.info) == info and p.positives is pos and p.negatives is neg
     assert p.per_anchor is existing
 

@@ -81,7 +81,8 @@ class MoCHi(nn.Module):
     whenever ``s = s' = 0``, the curator is the identity: it returns its input.
 
     Randomness: with ``seed`` set, a ``torch.Generator`` per device seeded with ``seed``
-    (its state is saved in ``state_dict``); with ``seed=None``, torch's global RNG. Draw
+    (its state is saved in ``state_dict``; under DDP give each rank its own seed, e.g.
+    ``seed + rank``); with ``seed=None``, torch's global RNG. Draw
     order per call: type-1 first parent slots, second parent slots, alphas; type-2 parent
     slots, betas.
 
@@ -231,7 +232,9 @@ class MoCHi(nn.Module):
         sims, idxs, counts = [], [], []
         for start in range(0, b, rows_per_block):
             rows = slice(start, min(start + rows_per_block, b))
-            cand = (pairs.negative_block(rows)[:, sl] > 0) & (pairs.positive_block(rows)[:, sl] == 0)
+            cand = (pairs.negative_block(rows)[:, sl] > 0) & (
+                pairs.positive_block(rows)[:, sl] == 0
+            )
             scores = (q[rows] @ emb.T).masked_fill(~cand, float("-inf"))
             v, i = scores.topk(n, dim=1, largest=True, sorted=True)
             sims.append(v)
@@ -317,9 +320,7 @@ class MoCHi(nn.Module):
         )
 
     @staticmethod
-    def _record(
-        info: dict[str, Any], name: str, sim: Tensor, hardest: Tensor, has: Tensor
-    ) -> None:
+    def _record(info: dict[str, Any], name: str, sim: Tensor, hardest: Tensor, has: Tensor) -> None:
         valid = has[:, None].expand_as(sim)
         n = valid.sum().clamp_min(1)
         info[f"mochi/{name}_similarity"] = torch.where(valid, sim, 0.0).sum() / n
@@ -327,6 +328,7 @@ class MoCHi(nn.Module):
         info[f"mochi/{name}_above_hardest"] = above.sum().to(sim.dtype) / n
 
     def extra_repr(self) -> str:
+        """The options, for ``repr``."""
         return (
             f"num_hard={self.num_hard}, num_mix={self.num_mix}, "
             f"num_query_mix={self.num_query_mix}, query_beta_max={self.query_beta_max}, "
