@@ -507,3 +507,16 @@ def test_validation_errors() -> None:
     labelled = Pairs.from_views(views, {"label": torch.arange(4)}, positives=SameKey("label"))
     with pytest.raises(ValueError, match="'instance'"):
         FalseNegativeCancellation()(labelled)
+
+
+@pytest.mark.parametrize("mode", ["attraction", "elimination"])
+def test_chunked_loss_matches_single_block(mode: str) -> None:
+    views = clustered_views(12, 2, 16, torch.float64, seed=1)
+    pairs = Pairs.from_views(views, {"instance": torch.arange(12)})
+    curated = FalseNegativeCancellation(mode, top_k=3, threshold=0.7)(pairs)  # type: ignore[arg-type]
+    full = info_nce(curated, TAU, "all", chunk_size=None)
+    chunked = info_nce(curated, TAU, "all", chunk_size=5)
+    torch.testing.assert_close(chunked.losses, full.losses)
+    (g_full,) = torch.autograd.grad(full.loss, views[0])
+    (g_chunk,) = torch.autograd.grad(chunked.loss, views[0])
+    torch.testing.assert_close(g_chunk, g_full)

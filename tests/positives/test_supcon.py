@@ -241,3 +241,16 @@ def test_validation_errors() -> None:
         SupConPositives()(labelled_only)
     # keep_instance=False needs only the label key.
     SupConPositives(keep_instance=False)(labelled_only)
+
+
+def test_chunked_loss_matches_single_block() -> None:
+    labels = torch.tensor([0, 1, 0, 2, 1, 1, 3, 0])
+    feats = make_features(8, 2, 16, torch.float64)
+    keys = {"instance": torch.arange(8), "label": labels}
+    pairs = SupConPositives()(Pairs.from_views(list(torch.unbind(feats, dim=1)), keys))
+    full = info_nce(pairs, 0.1, chunk_size=None)
+    chunked = info_nce(pairs, 0.1, chunk_size=3)
+    torch.testing.assert_close(chunked.losses, full.losses)
+    (g_full,) = torch.autograd.grad(full.loss, feats)
+    (g_chunk,) = torch.autograd.grad(chunked.loss, feats)
+    torch.testing.assert_close(g_chunk, g_full)
