@@ -98,8 +98,8 @@ class FalseNegativeCancellation:
     Args:
         mode: ``"attraction"`` or ``"elimination"``.
         top_k: k >= 0 of the top-k screen (``fn_topk``; 0 disables detection).
-        threshold: score threshold (``fn_threshold``); a value >= 1 disables detection
-            for unit-norm embeddings.
+        threshold: score threshold (``fn_threshold``, strict ``>``); a value above 1
+            disables detection for unit-norm embeddings.
         aggregation: ``"max"`` (code) or ``"mean"`` over an image's detection views.
         support: default :class:`SupportViews` (or a ``(embeddings, instance)`` tuple),
             used when ``__call__`` gets none.
