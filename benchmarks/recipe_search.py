@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pairsmith.data.fashion_mnist import FashionMNIST, balanced_subset
-from pairsmith.data.views import DATASET_STATS, ViewSpec, Views
+from pairsmith.data.views import DATASET_STATS, Views, ViewSpec
 from pairsmith.eval.knn import extract_features, knn_accuracy, pixel_features
 from pairsmith.models import ProjectionHead, SmallCNN
 
@@ -65,8 +65,12 @@ def parse() -> argparse.Namespace:
     a("--threads", type=int, default=2)
     a("--seed", type=int, default=0)
     a("--eval-every", type=float, default=1.0, help="epochs between kNN evaluations (0: end only)")
-    a("--bank", choices=["subset", "full"], default="subset",
-      help="kNN memory bank: the 10k balanced subset (same as the anchors) or all 60k")
+    a(
+        "--bank",
+        choices=["subset", "full"],
+        default="subset",
+        help="kNN memory bank: the 10k balanced subset (same as the anchors) or all 60k",
+    )
     a("--baselines", type=int, default=0, help="also report random-init and raw-pixel kNN")
     a("--max-minutes", type=float, default=0, help="stop training after this many minutes (0: off)")
     a("--tag", default="")
@@ -81,7 +85,8 @@ def main() -> None:
     full = FashionMNIST(train=True)
     test = FashionMNIST(train=False)
     train_idx = (
-        torch.arange(len(full)) if args.train_size >= len(full)
+        torch.arange(len(full))
+        if args.train_size >= len(full)
         else balanced_subset(full.labels, args.train_size, args.seed)
     )
     images = full.images[train_idx]
@@ -91,9 +96,15 @@ def main() -> None:
     bank_images, bank_labels = full.images[bank_idx], full.labels[bank_idx]
 
     spec = ViewSpec(
-        size=28, scale=tuple(args.scale), ratio=tuple(args.ratio), flip_p=args.flip,
-        affine_p=args.affine_p, degrees=args.degrees, translate=args.translate,
-        erase_p=args.erase_p, blur_p=args.blur_p,
+        size=28,
+        scale=tuple(args.scale),
+        ratio=tuple(args.ratio),
+        flip_p=args.flip,
+        affine_p=args.affine_p,
+        degrees=args.degrees,
+        translate=args.translate,
+        erase_p=args.erase_p,
+        blur_p=args.blur_p,
     )
     views = Views([spec, spec], channels=1, mean=MEAN, std=STD)
     backbone = SmallCNN(1, args.widths)
@@ -112,11 +123,15 @@ def main() -> None:
     if args.baselines:
         result["random_init"] = knn(backbone)
         result["raw_pixels"] = knn_accuracy(
-            pixel_features(test.images, MEAN, STD), test.labels,
-            pixel_features(bank_images, MEAN, STD), bank_labels,
+            pixel_features(test.images, MEAN, STD),
+            test.labels,
+            pixel_features(bank_images, MEAN, STD),
+            bank_labels,
         )
-        print(f"random init {result['random_init']:.2f}  raw pixels {result['raw_pixels']:.2f}",
-              flush=True)
+        print(
+            f"random init {result['random_init']:.2f}  raw pixels {result['raw_pixels']:.2f}",
+            flush=True,
+        )
 
     params = list(model.parameters())
     decay = [p for p in params if p.ndim > 1]
@@ -175,9 +190,14 @@ def main() -> None:
             acc = knn(backbone)
             model.train()
             ep = step / steps_per_epoch
-            row = {"epoch": round(ep, 2), "step": step, "knn": round(acc, 2),
-                   "loss": round(sum(losses) / len(losses), 4), "train_s": round(train_time, 1),
-                   "eval_s": round(time.perf_counter() - te, 1)}
+            row = {
+                "epoch": round(ep, 2),
+                "step": step,
+                "knn": round(acc, 2),
+                "loss": round(sum(losses) / len(losses), 4),
+                "train_s": round(train_time, 1),
+                "eval_s": round(time.perf_counter() - te, 1),
+            }
             losses = []
             result["epochs"].append(row)
             print(json.dumps(row), flush=True)

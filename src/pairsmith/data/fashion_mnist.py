@@ -134,7 +134,9 @@ def find_root(root: str | os.PathLike[str] | None = None, train: bool = True) ->
     prefix = "train" if train else "t10k"
     dirs = _candidate_dirs(root)
     for d in dirs:
-        if all(_find_file(d, f"{prefix}-{k}-idx{n}-ubyte") for k, n in (("images", 3), ("labels", 1))):
+        if all(
+            _find_file(d, f"{prefix}-{k}-idx{n}-ubyte") for k, n in (("images", 3), ("labels", 1))
+        ):
             return d
     raise FileNotFoundError(
         f"Fashion-MNIST {prefix} files not found in {[str(d) for d in dirs]}; {_MISSING_HINT}"
@@ -209,7 +211,8 @@ def balanced_subset(labels: Tensor, size: int, seed: int = 0) -> Tensor:
         idx = torch.nonzero(labels == c).flatten()
         if len(idx) < per_class:
             raise ValueError(
-                f"balanced_subset: class {c} has {len(idx)} samples, `size`={size} needs {per_class}"
+                f"balanced_subset: class {c} has {len(idx)} samples, `size`={size} needs "
+                f"{per_class}"
             )
         picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     return torch.sort(torch.cat(picks)).values
@@ -285,7 +288,7 @@ class FashionMNIST:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> Sample:
-        """Return ``(image, keys)``: a ``uint8`` (1, 28, 28) image, keys ``instance`` and ``label``."""
+        """Return ``(image, keys)``: ``uint8`` image (1, 28, 28), keys ``instance``, ``label``."""
         return self.images[index], {INSTANCE: int(index), LABEL: int(self.labels[index])}
 
     def __repr__(self) -> str:

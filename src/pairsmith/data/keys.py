@@ -5,7 +5,8 @@ who is a positive of whom (Survey §3: the data stage emits keys, it never decid
 
 Examples:
     >>> import torch
-    >>> batch = [(torch.zeros(1, 4, 4, dtype=torch.uint8), {INSTANCE: i, LABEL: i % 2}) for i in range(3)]
+    >>> image = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    >>> batch = [(image, {INSTANCE: i, LABEL: i % 2}) for i in range(3)]
     >>> images, keys = collate(batch)
     >>> images.shape, keys[LABEL].tolist()
     (torch.Size([3, 1, 4, 4]), [0, 1, 0])
@@ -57,7 +58,8 @@ def collate(batch: Sequence[Sample]) -> tuple[Tensor, dict[str, Tensor]]:
             every sample carrying the same key names.
 
     Returns:
-        ``(images, keys)``: images of shape (B, C, H, W); ``keys[name]`` a ``LongTensor`` of shape (B,).
+        ``(images, keys)``: images of shape (B, C, H, W); ``keys[name]`` a ``LongTensor`` of
+        shape (B,).
 
     Raises:
         ValueError: If ``batch`` is empty or the samples do not carry the same key names.
@@ -93,4 +95,3 @@ def batch_keys(**keys: Tensor | Sequence[int]) -> dict[str, Tensor]:
     if len({s for s in lengths.values()}) > 1 or any(len(s) != 1 for s in lengths.values()):
         raise ValueError(f"batch_keys: every key must be 1-D with the same length, got {lengths}")
     return out
-

@@ -149,14 +149,18 @@ class ViewSpec:
             raise ValueError(f"ViewSpec: `size` must be >= 1, got {self.size}")
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"ViewSpec: `scale` must satisfy 0 < low <= high <= 1, got {self.scale}")
+            raise ValueError(
+                f"ViewSpec: `scale` must satisfy 0 < low <= high <= 1, got {self.scale}"
+            )
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p", "affine_p", "erase_p"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 raise ValueError(f"ViewSpec: `{name}` must be a probability in [0, 1], got {p}")
 
 
-def build_pipeline(spec: ViewSpec, channels: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+def build_pipeline(
+    spec: ViewSpec, channels: int, mean: Sequence[float], std: Sequence[float]
+) -> nn.Module:
     """Build the kornia pipeline of one view.
 
     Args:
@@ -235,7 +239,9 @@ class Views(nn.Module):
         self.channels = channels
         self.mean, self.std = _stats(channels, mean, std)
         self.specs = tuple(specs)
-        self.pipelines = nn.ModuleList(build_pipeline(s, channels, self.mean, self.std) for s in specs)
+        self.pipelines = nn.ModuleList(
+            build_pipeline(s, channels, self.mean, self.std) for s in specs
+        )
 
     @property
     def num_views(self) -> int:
@@ -258,7 +264,8 @@ class Views(nn.Module):
         x = to_float(images)
         if x.shape[1] != self.channels:
             raise ValueError(
-                f"Views: expected {self.channels}-channel images, got shape {tuple(images.shape)}"
+                f"Views: `images` must have {self.channels} channels, got shape "
+                f"{tuple(images.shape)}"
             )
         return [p(x) for p in self.pipelines]
 
@@ -280,7 +287,7 @@ def SimCLRViews(  # noqa: N802 - preset factories read like classes
     n_views: int = 2,
     **overrides: Any,
 ) -> Views:
-    """SimCLR's augmentation [1]: crop 0.08-1, flip, jitter 0.8 (s=1 scaled by 0.5 → 0.4/0.4/0.4/0.1),
+    """SimCLR's augmentation [1]: crop 0.08-1, flip, jitter 0.4/0.4/0.4/0.1 with p 0.8,
     grayscale 0.2; blur only for images of at least 64 px (SimCLR drops it on CIFAR).
 
     Args:

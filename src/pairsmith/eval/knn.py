@@ -61,7 +61,8 @@ def knn_scores(
         )
     if train_labels.shape != (train.shape[0],):
         raise ValueError(
-            f"knn: `train_labels` must have shape ({train.shape[0]},), got {tuple(train_labels.shape)}"
+            f"knn: `train_labels` must have shape ({train.shape[0]},), got "
+            f"{tuple(train_labels.shape)}"
         )
     if k < 1 or temperature <= 0 or chunk_size < 1:
         raise ValueError(
@@ -71,7 +72,9 @@ def knn_scores(
     labels = train_labels.long().to(train.device)
     c = int(labels.max()) + 1 if num_classes is None else num_classes
     if labels.min() < 0 or labels.max() >= c:
-        raise ValueError(f"knn: `train_labels` must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"knn: `train_labels` must lie in [0, {c}), got [{labels.min()}, {labels.max()}]"
+        )
     k = min(k, train.shape[0])
     train_n = F.normalize(train.float(), dim=1)
     scores = []

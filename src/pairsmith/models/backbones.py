@@ -33,7 +33,7 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """A plain CNN for small images: blocks of conv-BN-ReLU and 2x2 max-pool, then global average pool.
+    """A plain CNN for small images: conv-BN-ReLU blocks, 2x2 max-pools, global average pool.
 
     With the default widths (32, 64, 128, 256) and one conv per block this is the 388k-parameter
     4-block network of the "Measured here" Fashion-MNIST set-up; the last block is not pooled
@@ -59,7 +59,9 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(channels) == 0 or any(c < 1 for c in channels):
-            raise ValueError(f"SmallCNN: `channels` must be non-empty positive widths, got {channels}")
+            raise ValueError(
+                f"SmallCNN: `channels` must be non-empty positive widths, got {channels}"
+            )
         if convs_per_block < 1:
             raise ValueError(f"SmallCNN: `convs_per_block` must be >= 1, got {convs_per_block}")
         layers: list[nn.Module] = []
