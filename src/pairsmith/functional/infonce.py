@@ -158,8 +158,7 @@ def _block_losses(
 ) -> Tensor:
     """Losses of one row block; returns ``[2, r]``: losses and validity (as 0/1)."""
     logits = anchors @ candidates.T / temperature  # [r, M]
-    pos = pairs.positive_block(rows)
-    neg = pairs.negative_block(rows)
+    pos, neg = pairs.weight_blocks(rows)
     if per_anchor is not None:
         extra = torch.einsum("bd,bsd->bs", anchors, per_anchor) / temperature
         logits = torch.cat([logits, extra], dim=1)

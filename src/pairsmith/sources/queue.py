@@ -52,6 +52,10 @@ class Queue(nn.Module):
         if init not in ("empty", "random"):
             raise ValueError(f"init must be 'empty' or 'random', got {init!r}")
         self.size, self.dim, self.key_names = size, dim, tuple(keys)
+        # Buffers, declared for type checkers (register_buffer sets them).
+        self.embeddings: Tensor
+        self.ptr: Tensor
+        self.filled: Tensor
         emb = torch.zeros(size, dim)
         if init == "random":
             emb = nn.functional.normalize(torch.randn(size, dim), dim=1)
@@ -63,7 +67,13 @@ class Queue(nn.Module):
 
     def keys(self) -> dict[str, Tensor]:
         """Key name to ``[size]`` long tensor."""
-        return {k: getattr(self, f"key_{k}") for k in self.key_names}
+        return {k: self.key(k) for k in self.key_names}
+
+    def key(self, name: str) -> Tensor:
+        """The ``[size]`` long buffer of one key."""
+        buf = getattr(self, f"key_{name}")
+        assert isinstance(buf, Tensor)
+        return buf
 
     def __len__(self) -> int:
         return int(self.filled)
@@ -92,7 +102,7 @@ class Queue(nn.Module):
         idx = (int(self.ptr) + torch.arange(n, device=self.embeddings.device)) % self.size
         self.embeddings[idx] = embeddings.detach().to(self.embeddings)
         for k in self.key_names:
-            getattr(self, f"key_{k}")[idx] = keys[k].to(self.embeddings.device).long()
+            self.key(k)[idx] = keys[k].to(self.embeddings.device).long()
         self.ptr.fill_((int(self.ptr) + n) % self.size)
         self.filled.fill_(min(self.size, int(self.filled) + n))
 
