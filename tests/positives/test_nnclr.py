@@ -88,7 +88,12 @@ def test_registered_with_taxonomy():
     entry = next(e for e in list_entries("curator") if e.name.endswith(".nnclr"))
     assert entry.name == "positives.embedding_based.nnclr"
     assert entry.taxonomy == ("positives", "embedding_based")
-    assert entry.obj is NearestNeighbourPositives
+    # Compared by name: tests/core/test_registry.py reloads the registered modules, so
+    # the registry may hold a newer class object than the one imported here.
+    assert (entry.obj.__module__, entry.obj.__qualname__) == (
+        NearestNeighbourPositives.__module__,
+        NearestNeighbourPositives.__qualname__,
+    )
     c = create_curator("positives.embedding_based.nnclr", k=None)
     assert (c.k, c.segment, c.replace, c.search) == (1, "queue", "anchors", "anchors")
 
@@ -479,3 +484,9 @@ def test_bad_inputs_of_functions():
             seg,
             curator=NearestNeighbourPositives(replace="positives"),
         )
+
+
+def test_nnclr_pairs_rejects_a_non_queue():
+    z1, z2, p1, p2 = views()
+    with pytest.raises(ValueError, match="Queue or a Segment"):
+        nnclr_pairs(z1, z2, p1, p2, {"instance": torch.arange(8)}, torch.zeros(3, 16))  # type: ignore[arg-type]

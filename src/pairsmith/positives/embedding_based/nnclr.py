@@ -365,7 +365,10 @@ def nnclr_pairs(
             raise ValueError(f"{name} must be [N, D] like z1 {tuple(z1.shape)}, got {_describe(t)}")
     if "instance" not in keys:
         raise ValueError(f"keys must hold 'instance' (NNCLR's positives), got {sorted(keys)}")
-    support = queue.segment(dtype=z1.dtype) if isinstance(queue, Queue) else queue
+    # Duck-typed: anything with Queue's ``segment(dtype=...)`` (e.g. a reloaded Queue class).
+    support = queue if isinstance(queue, Segment) else getattr(queue, "segment", None)
+    if callable(support):
+        support = support(dtype=z1.dtype)
     if not isinstance(support, Segment):
         raise ValueError(f"queue must be a Queue or a Segment, got {type(queue).__name__}")
     skeys = dict(support.keys)
