@@ -109,7 +109,7 @@ def test_hcl_anneal_reaches_zero_beta() -> None:
     method = make_method("methods.simclr_hcl", anneal="down", epochs=9)
     betas = [method.curators_for(0, e)[0].current_beta for e in range(9)]
     assert betas[0] == 1.0 and betas[-1] < 0.2
-    assert all(a >= b for a, b in zip(betas, betas[1:]))
+    assert all(a >= b for a, b in zip(betas, betas[1:], strict=False))
 
 
 def test_fnc_elimination_removes_detected_negatives() -> None:
