@@ -250,8 +250,13 @@ class ShardedBatchSampler:
         self._skip = 0  # batches to skip at the next iteration (mid-epoch resume)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration follows (Lightning calls this)."""
+        """Select the epoch whose order the next iteration follows."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> ShardedBatchSampler:
+        """Itself: Lightning calls ``loader.batch_sampler.sampler.set_epoch(epoch)`` each epoch."""
+        return self
 
     def __len__(self) -> int:
         if self.drop_last:

@@ -278,7 +278,7 @@ class ContrastiveModule(pl.LightningModule):
         self.steps_per_epoch = steps_per_epoch
         self.diagnostics = load_diagnostics()
         self.total_steps = 0
-        self._last_step = -1
+        self._step = 0
 
     # ---------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -286,14 +286,10 @@ class ContrastiveModule(pl.LightningModule):
         if self.cfg.trainer.channels_last:
             self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    def on_train_start(self) -> None:
-        """Remember the step so that :meth:`on_train_batch_end` sees optimiser steps."""
-        self._last_step = self.global_step
-
     def training_step(self, batch: tuple[Tensor, dict[str, Tensor]], batch_idx: int) -> Tensor:
         """Views, the method's step, logging; returns the loss."""
         images, keys = batch
-        step = self.global_step
+        step = self._step = self.global_step
         torch.manual_seed(step_seed(self.cfg.trainer.seed, step, self.global_rank))
         views = self.views(images)
         if self.cfg.trainer.channels_last:
@@ -336,12 +332,21 @@ class ContrastiveModule(pl.LightningModule):
         self.log("loss", logged.pop("loss"), prog_bar=True, on_step=True, batch_size=batch_size)
         self.log_dict(logged, on_step=True, on_epoch=False, batch_size=batch_size)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Call ``after_optimizer_step`` once per optimiser step (EMA, queue pushes)."""
-        if self.global_step != self._last_step:
-            self._last_step = self.global_step
-            step = self.global_step - 1
-            self.method.after_optimizer_step(step=step, total_steps=self.total_steps)
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """The optimiser step, then ``method.after_optimizer_step`` (EMA, queue pushes).
+
+        Here rather than in ``on_train_batch_end``: callbacks (the step checkpoint) run their
+        ``on_train_batch_end`` before the module's, and must see the updated momentum encoder
+        and queue.
+        """
+        optimizer.step(closure=optimizer_closure)
+        self.method.after_optimizer_step(step=self._step, total_steps=self.total_steps)
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
@@ -359,8 +364,16 @@ class ContrastiveModule(pl.LightningModule):
             opt = torch.optim.AdamW(groups, lr=lr, betas=(o.betas[0], o.betas[1]))
         else:
             opt = torch.optim.Adam(groups, lr=lr, betas=(o.betas[0], o.betas[1]))
-        total = int(self.trainer.estimated_stepping_batches)
-        spe = self.steps_per_epoch or max(1, total // max(1, self.trainer.max_epochs or 1))
+        spe = self.steps_per_epoch
+        if spe is None:
+            total = int(self.trainer.estimated_stepping_batches)
+            spe = max(1, total // max(1, self.trainer.max_epochs or 1))
+        else:
+            # Not estimated_stepping_batches: it sets up the train loader before the loop state
+            # is restored, and the loader's mid-epoch position would then never be loaded.
+            total = spe * self.cfg.trainer.epochs
+            if self.cfg.trainer.max_steps > 0:
+                total = min(total, self.cfg.trainer.max_steps)
         warmup = int(round(o.warmup_epochs * spe))
         self.total_steps = total
         fn = functools.partial(
