@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 
@@ -82,8 +81,13 @@ def test_library_does_not_import_the_app():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_reimport_is_idempotent():
-    before = len(list_entries())
-    for e in list_entries():
-        importlib.reload(importlib.import_module(e.obj.__module__))
-    assert len(list_entries()) == before
+def test_reregistering_the_same_component_is_allowed_and_clashes_are_not():
+    """A module reload registers the same qualified name again; another object clashes."""
+    entry = list_entries("curator")[0]
+    register_curator(entry.name, taxonomy=entry.taxonomy)(entry.obj)  # same object: fine
+
+    class Other:
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_curator(entry.name, taxonomy=entry.taxonomy)(Other)

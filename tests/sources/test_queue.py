@@ -73,3 +73,14 @@ def test_bad_push():
         q.push(torch.randn(2, 2), {"instance": torch.arange(2)})
     with pytest.raises(ValueError, match="shape"):
         q.push(torch.randn(2, 2), {"instance": torch.arange(3), "label": torch.arange(2)})
+
+
+def test_segment_is_a_copy_so_pushing_before_backward_is_safe():
+    q = Queue(size=4, dim=2)
+    q.push(torch.randn(4, 2), {"instance": torch.arange(4)})
+    a = torch.randn(3, 2, requires_grad=True)
+    seg = q.segment()
+    loss = (a @ seg.embeddings.T).sum()
+    q.push(torch.randn(2, 2), {"instance": torch.arange(2)})  # MoCo enqueues in the same step
+    loss.backward()
+    assert not torch.equal(seg.embeddings, q.embeddings)

@@ -107,14 +107,16 @@ class Queue(nn.Module):
         self.filled.fill_(min(self.size, int(self.filled) + n))
 
     def segment(self, dtype: torch.dtype | None = None) -> Segment:
-        """The filled slots as a ``queue`` segment (no gradient).
+        """A copy of the filled slots as a ``queue`` segment (no gradient).
 
         Args:
             dtype: cast the embeddings (e.g. to the anchors' dtype).
         """
         n = int(self.filled)
-        emb = self.embeddings[:n] if n < self.size else self.embeddings
+        # A copy, not a view: a push before backward (MoCo enqueues in the same step)
+        # would otherwise modify a tensor the autograd graph saved.
+        emb = self.embeddings[:n].detach().clone()
         if dtype is not None:
             emb = emb.to(dtype)
-        keys = {k: v[:n] for k, v in self.keys().items()}
-        return Segment("queue", emb.detach(), keys)
+        keys = {k: v[:n].clone() for k, v in self.keys().items()}
+        return Segment("queue", emb, keys)
