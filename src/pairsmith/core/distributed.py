@@ -29,12 +29,12 @@ correctness"):
   Instance keys must therefore be globally unique ids (dataset indices).
 * **Loss scaling.** DDP *averages* parameter gradients over ranks. With the gather above,
   the gradient of rank ``k``'s loss ``L_k`` reaches every rank, so DDP computes
-  ``(1/W) * d(sum_k L_k)``. The single-process loss on the global batch is
-  ``S / V`` with ``S = sum_k S_k`` the sum of per-anchor losses and ``V`` the global count
-  of valid anchors. Taking ``L_k = W * S_k / V`` (:func:`global_mean`) makes DDP exact for
-  any split of valid anchors. The plain local mean ``S_k / V_k`` is exact only when every
-  rank has the same number of valid anchors (then ``V_k = V / W``). PML's
-  ``loss * world_size`` (#363) is the same correction for its layout.
+  ``(1/W) * d(sum_k L_k)``. The single-process loss on the global batch is ``S / A``, with
+  ``S = sum_k S_k`` the sum of per-anchor losses and ``A`` the global number of valid
+  anchors. Taking ``L_k = W * S_k / A`` (:func:`global_mean`) makes DDP exact for any
+  split of valid anchors. The plain local mean ``S_k / A_k`` is exact only when every rank
+  has the same number of valid anchors (then ``A_k = A / W``). PML's ``loss * world_size``
+  (#363) is the same correction for its layout.
 
 In a single process (not initialised, or a world of one) every function here is a no-op
 and :func:`distributed_pairs` is :meth:`Pairs.from_views`.
