@@ -54,7 +54,8 @@ from pairsmith.core.distributed import gather_segment, scale_loss_for_ddp, world
 from pairsmith.core.pairs import Pairs, Segment
 from pairsmith.core.registry import register_method
 from pairsmith.core.weights import InSegment, SameKey, Without
-from pairsmith.functional.infonce import InfoNCEOutput, info_nce
+from pairsmith.functional.infonce import InfoNCEOutput
+from pairsmith.losses.infonce import InfoNCELoss, MoCoLoss
 from pairsmith.methods.base import Method, StepOutput
 from pairsmith.methods.simclr import (
     ChunkSize,
@@ -166,6 +167,7 @@ class MoCoV2(Method):
         self.curators: list[Curator] = []
         self.curator_modules = nn.ModuleList()
         self.last_output: InfoNCEOutput | None = None
+        self.criterion: InfoNCELoss = MoCoLoss(self.temperature, chunk_size=self.chunk_size)
 
     # ------------------------------------------------------------------ encoders
     def momentum_parameters(self) -> list[Tensor]:
@@ -242,7 +244,9 @@ class MoCoV2(Method):
         return pairs
 
     def _loss(self, pairs: Pairs) -> tuple[Tensor, InfoNCEOutput]:
-        out = info_nce(pairs, self.temperature, "all", "mean_log", self.chunk_size)
+        self.criterion(pairs)
+        out = self.criterion.last_output
+        assert out is not None
         return scale_loss_for_ddp(out), out
 
     # ------------------------------------------------------------------ step

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from pairsmith.core.distributed import gather_segment, scale_loss_for_ddp
 from pairsmith.core.pairs import Pairs, Segment
 from pairsmith.core.registry import register_method
-from pairsmith.functional.infonce import InfoNCEOutput, info_nce
+from pairsmith.functional.infonce import InfoNCEOutput
+from pairsmith.losses.infonce import InfoNCELoss
 from pairsmith.methods.base import Method, StepOutput
 from pairsmith.methods.simclr import (
     ChunkSize,
@@ -123,9 +124,14 @@ class NNCLR(Method):
         self.queue = Queue(self.queue_size, proj_dim, keys=keys, init="random")
         self.nn_curator = NearestNeighbourPositives(k=1, segment="queue", replace="anchors")
         self.last_output: InfoNCEOutput | None = None
+        self.criterion: InfoNCELoss = InfoNCELoss(
+            self.temperature, "all", "mean_log", self.chunk_size
+        )
 
     def _loss(self, pairs: Pairs) -> tuple[Tensor, InfoNCEOutput]:
-        out = info_nce(pairs, self.temperature, "all", "mean_log", self.chunk_size)
+        self.criterion(pairs)
+        out = self.criterion.last_output
+        assert out is not None
         return scale_loss_for_ddp(out), out
 
     def training_step(

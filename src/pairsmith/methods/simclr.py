@@ -38,12 +38,8 @@ from torch import Tensor, nn
 from pairsmith.core.distributed import distributed_pairs, scale_loss_for_ddp
 from pairsmith.core.pairs import Pairs
 from pairsmith.core.registry import register_method
-from pairsmith.functional.infonce import (
-    Aggregate,
-    InfoNCEOutput,
-    PositivesInDenominator,
-    info_nce,
-)
+from pairsmith.functional.infonce import Aggregate, InfoNCEOutput, PositivesInDenominator
+from pairsmith.losses.infonce import InfoNCELoss
 from pairsmith.methods.base import Method, StepOutput
 from pairsmith.models.heads import ProjectionHead
 
@@ -227,8 +223,9 @@ class ContrastiveMethod(Method):
        (:meth:`Pairs.from_views` in a single process): ``V * B`` anchors against the
        ``V * B`` views, positives ``SameKey("instance")``;
     3. the curators returned by :meth:`curators_for` are applied in order;
-    4. :func:`~pairsmith.functional.infonce.info_nce` computes the loss; under DDP it is
-       scaled with :func:`~pairsmith.core.distributed.scale_loss_for_ddp`.
+    4. :class:`~pairsmith.losses.infonce.InfoNCELoss` (``self.criterion``) computes the
+       loss; under DDP it is scaled with
+       :func:`~pairsmith.core.distributed.scale_loss_for_ddp`.
 
     Subclasses install curators with :meth:`set_curators` (and override
     :meth:`curators_for` for schedules) and may override :meth:`make_pairs` to keep some
@@ -277,7 +274,14 @@ class ContrastiveMethod(Method):
         self.projector = ProjectionHead(in_dim, proj_hidden_dim, proj_dim, layers=proj_layers)
         self.curators: list[Curator] = []
         self.curator_modules = nn.ModuleList()
-        self.last_output: InfoNCEOutput | None = None
+        self.criterion = InfoNCELoss(
+            self.temperature, self.positives_in_denominator, self.aggregate, self.chunk_size
+        )
+
+    @property
+    def last_output(self) -> InfoNCEOutput | None:
+        """Per-anchor losses and validity of the last step (``None`` before the first)."""
+        return self.criterion.last_output
 
     # ------------------------------------------------------------------ hooks
     def set_curators(self, curators: Sequence[Curator]) -> None:
@@ -306,10 +310,9 @@ class ContrastiveMethod(Method):
 
     def loss(self, pairs: Pairs) -> Tensor:
         """The InfoNCE loss of curated pairs (DDP-scaled; the plain mean in one process)."""
-        out = info_nce(
-            pairs, self.temperature, self.positives_in_denominator, self.aggregate, self.chunk_size
-        )
-        self.last_output = out
+        self.criterion(pairs)
+        out = self.criterion.last_output
+        assert out is not None
         return scale_loss_for_ddp(out)
 
     # ------------------------------------------------------------------ step
