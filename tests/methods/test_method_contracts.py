@@ -31,10 +31,12 @@ def test_every_recipe_is_registered_with_its_taxonomy() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_create_method_contract(name: str) -> None:
-    m = create_method(name, backbone=tiny_backbone(), temperature=None, **TINY[name])
+    # Defaults only; None options are dropped so the recipe's own defaults apply.
+    m = create_method(name, backbone=tiny_backbone(), temperature=None)
     assert isinstance(m, Method)
     assert m.encoder() is m.backbone
     assert m.num_views >= 2
+    assert m.__doc__ and "defaults" in m.__doc__.lower()  # scaled defaults documented
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -166,4 +168,21 @@ def test_too_few_views_raise(name: str) -> None:
     method = make_method(name)
     views, keys = make_batch(views=1)
     with pytest.raises(ValueError, match="views"):
+        method.training_step(views, keys, step=0, epoch=0)
+
+
+def test_supcon_without_labels_names_the_key() -> None:
+    method = make_method("methods.supcon")
+    views, keys = make_batch()
+    del keys["label"]
+    with pytest.raises(ValueError, match="label"):
+        method.training_step(views, keys, step=0, epoch=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keys_must_be_integer_batch_vectors(name: str) -> None:
+    method = make_method(name)
+    views, keys = make_batch(views=method.num_views)
+    keys["label"] = keys["label"][:3]
+    with pytest.raises(ValueError, match="label"):
         method.training_step(views, keys, step=0, epoch=0)
