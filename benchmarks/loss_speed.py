@@ -24,10 +24,14 @@ machine's speed drifts. One untimed warm-up per implementation and configuration
 Peak memory: ``tracemalloc`` does not see torch's allocations, so every (implementation,
 configuration) runs once more in a fresh subprocess: it builds the inputs, runs the same
 implementation once on a tiny problem (so lazy imports and kernel set-up are not counted),
-resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``, which also resets
-``ru_maxrss``), takes the current RSS as the baseline, runs forward + backward once, and
-reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` minus the baseline: the peak resident
-memory of the loss above its inputs (the loss's working memory, gradients included).
+resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``), takes the current
+RSS as the baseline, runs forward + backward once, and reports the peak RSS (``VmHWM`` in
+``/proc/self/status``) minus the baseline: the peak resident memory of the loss above its
+inputs (its working memory, gradients included). ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
+is not used: it also carries the high-water mark of the memory map the process had at
+``exec``, i.e. the parent benchmark's (Python spawns via ``vfork``), which inflated the small
+configurations by the parent's size in a first run. Without ``/proc`` it falls back to the
+``ru_maxrss`` growth, a lower bound.
 
     python benchmarks/loss_speed.py                      # everything (about 15 min on 2 cores)
     python benchmarks/loss_speed.py --configs 256x4096 --repeats 9 --no-memory
@@ -187,6 +191,18 @@ def _reset_peak() -> bool:
         return False
 
 
+def _peak_rss_bytes() -> int | None:
+    """``VmHWM``, the peak RSS of this process's memory map, from ``/proc/self/status``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def measure_child(impl: str, b: int, m: int) -> None:
     """Run in a fresh process: print the peak-RSS growth (bytes) of one step as JSON."""
     torch.set_num_threads(2)
@@ -197,12 +213,18 @@ def measure_child(impl: str, b: int, m: int) -> None:
         info_nce(make_pairs(tiny), TAU, chunk_size=4).loss.backward()
     x = make_inputs(b, m)
     gc.collect()
-    reset = _reset_peak()
-    # After the reset ru_maxrss restarts from the current RSS; without it (not Linux, or
-    # no permission) the old high-water mark hides any peak below it: a lower bound.
-    before = _rss_bytes() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step(fn, x)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reset = _reset_peak() and _peak_rss_bytes() is not None
+    if reset:
+        # VmHWM restarts from the current RSS. ru_maxrss cannot be used here: it is the
+        # maximum of VmHWM and the high-water mark of the memory map this process had
+        # when it exec'd, which is the *parent's* when Python spawns through vfork.
+        before = _rss_bytes()
+        step(fn, x)
+        after = _peak_rss_bytes() or 0
+    else:  # no reset: the old high-water mark hides any lower peak (a lower bound)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        step(fn, x)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"peak_bytes": max(0, after - before), "exact": reset}))
 
 
