@@ -56,6 +56,9 @@ def parse() -> argparse.Namespace:
     a("--translate", type=float, default=0.0)
     a("--erase-p", type=float, default=0.0)
     a("--blur-p", type=float, default=0.0)
+    a("--jitter", type=float, nargs=2, default=(0.4, 0.4), help="brightness, contrast")
+    a("--jitter-p", type=float, default=0.8)
+    a("--intensity", type=int, default=0, help="brightness/contrast jitter on grayscale")
     a("--widths", type=int, nargs="+", default=[32, 64, 128, 256])
     a("--proj-hidden", type=int, default=512)
     a("--proj-out", type=int, default=128)
@@ -105,6 +108,9 @@ def main() -> None:
         translate=args.translate,
         erase_p=args.erase_p,
         blur_p=args.blur_p,
+        jitter=(args.jitter[0], args.jitter[1], 0.0, 0.0),
+        jitter_p=args.jitter_p,
+        intensity_on_gray=bool(args.intensity),
     )
     views = Views([spec, spec], channels=1, mean=MEAN, std=STD)
     backbone = SmallCNN(1, args.widths)

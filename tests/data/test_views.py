@@ -64,6 +64,13 @@ def test_grayscale_pipeline_has_no_colour_ops():
     assert {"ColorJitter", "RandomGrayscale"} <= names(rgb)
 
 
+def test_intensity_jitter_on_gray_is_opt_in():
+    views = SimCLRViews(28, 1, intensity_on_gray=True)
+    jitters = [m for m in views.modules() if type(m).__name__ == "ColorJitter"]
+    assert len(jitters) == 2  # one per view
+    assert views(images())[0].shape == (6, 1, 28, 28)
+
+
 def test_normalisation_matches_eval_path():
     # With crops covering the whole image and no other op, views equal `normalize`.
     spec = ViewSpec(size=28, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0, gray_p=0)

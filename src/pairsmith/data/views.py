@@ -114,9 +114,12 @@ class ViewSpec:
         scale: Area range of ``RandomResizedCrop`` relative to the input.
         ratio: Aspect-ratio range of the crop.
         flip_p: Horizontal flip probability.
-        jitter: Colour-jitter strengths (brightness, contrast, saturation, hue); ignored on
-            1-channel input.
+        jitter: Colour-jitter strengths (brightness, contrast, saturation, hue). On 1-channel
+            input saturation and hue are always dropped, and brightness/contrast are kept only when
+            ``intensity_on_gray`` is true.
         jitter_p: Probability of applying colour jitter.
+        intensity_on_gray: On 1-channel input, still apply the brightness/contrast part of
+            ``jitter`` (an intensity jitter, not a colour one).
         gray_p: Random grayscale probability; ignored on 1-channel input.
         blur_p: Gaussian blur probability.
         blur_sigma: Sigma range of the blur; the kernel is ~10% of ``size`` (odd, >= 3).
@@ -134,6 +137,7 @@ class ViewSpec:
     flip_p: float = 0.5
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
+    intensity_on_gray: bool = False
     gray_p: float = 0.2
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -194,9 +198,11 @@ def build_pipeline(
     if spec.flip_p > 0:
         ops.append(K.RandomHorizontalFlip(p=spec.flip_p))
     # Colour ops are meaningless on one channel: we skip them rather than fake an RGB image.
+    b, c, s, h = spec.jitter
     if channels == 3 and spec.jitter_p > 0 and any(v > 0 for v in spec.jitter):
-        b, c, s, h = spec.jitter
         ops.append(K.ColorJitter(b, c, s, h, p=spec.jitter_p))
+    elif channels == 1 and spec.intensity_on_gray and spec.jitter_p > 0 and (b > 0 or c > 0):
+        ops.append(K.ColorJitter(b, c, 0.0, 0.0, p=spec.jitter_p))
     if channels == 3 and spec.gray_p > 0:
         ops.append(K.RandomGrayscale(p=spec.gray_p))
     if spec.blur_p > 0:
