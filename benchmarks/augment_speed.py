@@ -42,9 +42,9 @@ def main() -> None:
         batched = rate(lambda: views(x), args.batch, args.repeats)  # noqa: B023
         m = args.per_sample_images
 
-        def per_sample() -> None:
+        def per_sample(views=views, x=x, m=m) -> None:
             for i in range(m):
-                views(x[i : i + 1])  # noqa: B023
+                views(x[i : i + 1])
 
         single = rate(per_sample, m, max(1, args.repeats // 2))
         print(f"{name:<28}{batched:>15.0f}{single:>18.0f}{batched / single:>8.1f}")
