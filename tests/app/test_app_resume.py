@@ -10,6 +10,7 @@ import pytest
 import torch
 from ps_app_helpers import tiny_overrides
 
+from pairsmith.app.cli import main
 from pairsmith.app.config import load_config
 from pairsmith.app.report import read_metrics
 from pairsmith.app.train import train
@@ -73,7 +74,8 @@ def test_resume_from_epoch_checkpoint_repeats_the_uninterrupted_run(
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, run, callbacks=[Crash(at=6)])  # dies in epoch 1; last.ckpt is epoch 0's
     assert max(_losses(run)) == 5
-    train(load_config(run / "config.yaml"), run, resume=True)
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # the run's config.yaml
+    assert len(list((run / "logs").glob("version_*"))) == 2
     _check_same(uninterrupted, run, 8)
 
 

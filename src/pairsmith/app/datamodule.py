@@ -174,8 +174,10 @@ def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
                 test = _materialize(cls(root, False, cfg.download), name)
         else:  # pragma: no cover - validated by the config
             raise ConfigError(f"unknown data.name {name!r}")
-    except TypeError as e:  # a wrong option type reaching a constructor
-        raise ConfigError(f"data.options for {name!r}: {e}") from e
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a bad option or subset size reaching a loader
+        raise ConfigError(f"data ({name}; check data.subset, data.options): {e}") from e
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{name} data not found ({e}); set --data-root or data.root to the folder holding it"

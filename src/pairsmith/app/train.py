@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,10 @@ def train(
         ConfigError: on an invalid config.
     """
     t_start = time.perf_counter()
+    # Epoch-level timings and kNN are logged from rank 0 on purpose; Lightning's internal
+    # pytree deprecation is not ours to fix.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     run = Path(run_dir)
     ckpt_dir = run / CHECKPOINT_DIR
     if resume and not _has_last(ckpt_dir):
