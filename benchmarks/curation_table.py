@@ -59,6 +59,7 @@ from pairsmith.models import SmallCNN
 RECIPES = (
     "simclr",
     "simclr_fnc",
+    "simclr_fnc:mode=attraction",
     "simclr_dcl",
     "simclr_hcl",
     "supcon",
@@ -189,11 +190,36 @@ class Run:
     diags: list[dict[str, float]] = field(default_factory=list)
 
 
-def recipe_options(name: str, batch: int, queue_size: int) -> dict[str, Any]:
-    """Per-recipe options the benchmark sets: only the queue size (a multiple of the batch)."""
-    if name not in QUEUED:
-        return {}
-    return {"queue_size": max(batch, (queue_size // batch) * batch)}
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"simclr_fnc:mode=attraction,top_k=5"`` -> ``("simclr_fnc", {"mode": ..., "top_k": 5})``.
+
+    Values are read as int, then float, then ``true``/``false``/``null``, else kept as text.
+    """
+    name, _, rest = spec.partition(":")
+    opts: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise SystemExit(f"recipe option {item!r} in {spec!r} must be key=value")
+        value: Any = raw
+        for conv in (int, float):
+            try:
+                value = conv(raw)
+                break
+            except ValueError:
+                pass
+        else:
+            value = {"true": True, "false": False, "null": None}.get(raw.lower(), raw)
+        opts[key] = value
+    return name.removeprefix("methods."), opts
+
+
+def recipe_options(spec: str, batch: int, queue_size: int) -> tuple[str, dict[str, Any]]:
+    """Registry name and options of a recipe spec; queues get a multiple of the batch."""
+    name, opts = parse_spec(spec)
+    if name in QUEUED:
+        opts.setdefault("queue_size", max(batch, (queue_size // batch) * batch))
+    return name, opts
 
 
 def knn_eval(
@@ -224,11 +250,8 @@ def train_seed(
     for name in args.recipes:
         torch.manual_seed(seed)  # the same backbone initialisation for every recipe
         backbone = SmallCNN(1, mc.channels)
-        method = create_method(
-            f"methods.{name}",
-            backbone=backbone,
-            **recipe_options(name, mc.batch_size, args.queue_size),
-        )
+        base, opts = recipe_options(name, mc.batch_size, args.queue_size)
+        method = create_method(f"methods.{base}", backbone=backbone, **opts)
         method.train()
         runs[name] = Run(name, method, build_optimizer(mc, method))
     n = images.shape[0]
@@ -315,12 +338,13 @@ def table(results: dict[str, Any]) -> str:
     )
     lines = [head, "|" + "---|" * 8]
     for name, r in results["recipes"].items():
-        label = name + (" (uses labels)" if name == "supcon" else "")
+        base = name.partition(":")[0]
+        label = name + (" (uses labels)" if base == "supcon" else "")
         nn_prec = r["nn_precision"]
         if math.isnan(nn_prec):
-            nn_prec = r["extra_pos_precision"] if name != "supcon" else math.nan
+            nn_prec = r["extra_pos_precision"] if base != "supcon" else math.nan
         ratio = fmt(r["time_ratio"], 3)
-        if name in CURATED_SIMCLR and not math.isnan(r["time_ratio"]):
+        if base in CURATED_SIMCLR and not math.isnan(r["time_ratio"]):
             ratio += " ✓" if r["time_ratio"] <= 1.05 else " ✗"
         lines.append(
             f"| {label} | {mean_spread(r['knn'])} | {ratio} | {fmt(r['fn_rate'])} | "
@@ -335,7 +359,12 @@ def table(results: dict[str, Any]) -> str:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     a = p.add_argument
-    a("--recipes", nargs="+", default=list(RECIPES), help="recipe names (methods.<name>)")
+    a(
+        "--recipes",
+        nargs="+",
+        default=list(RECIPES),
+        help="recipes: methods.<name>, optionally with options, e.g. simclr_fnc:mode=attraction",
+    )
     a("--seeds", nargs="+", type=int, default=[0, 1], help="seeds (at least 2 for a spread)")
     a("--epochs", type=int, default=None, help="epochs (default: the main config's, 15)")
     a("--subset", type=int, default=10000, help="class-balanced training subset size")
@@ -350,6 +379,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a("--quick", action="store_true", help="smoke test: 1 epoch, 2k images, 2k test images")
     args = p.parse_args(argv)
     args.recipes = [r.removeprefix("methods.") for r in args.recipes]
+    if len(set(args.recipes)) != len(args.recipes):
+        p.error("--recipes must not repeat a recipe")
     if args.quick:
         args.epochs = 1 if args.epochs is None else args.epochs
         args.subset = 2000
@@ -378,7 +409,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mean, std = DATASET_STATS["fashion_mnist"]
     mean, std = mc.mean or mean, mc.std or std
     n_views = max(
-        create_method(f"methods.{r}", backbone=SmallCNN(1, (4,))).num_views for r in args.recipes
+        create_method(f"methods.{b}", backbone=SmallCNN(1, (4,)), **o).num_views
+        for b, o in (recipe_options(r, mc.batch_size, args.queue_size) for r in args.recipes)
     )
     views = build_views(mc, n_views)
     print(
