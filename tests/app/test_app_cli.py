@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pairsmith.__main__ import main as module_main
@@ -52,7 +54,7 @@ def test_missing_command_and_bad_arguments() -> None:
         main(["train", "--out", "x", "--devices", "two"])
 
 
-def test_eval_and_report_of_missing_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_eval_and_report_of_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "neither a run directory nor a checkpoint" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2

@@ -102,26 +102,31 @@ def write_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    names = _plottable(series)
+    # Metrics never defined for this method (all NaN, e.g. NN precision without a queue) are
+    # left out; one figure is reused for the per-metric files (figure creation dominates).
+    names = [n for n in _plottable(series) if any(math.isfinite(v) for _, v in series[n])]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.9)  # fixed: no layout pass
     for name in names:
         pts = series[name]
         xs, xlabel = _x(name, pts, epochs)
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.clear()
         ax.plot(xs, [v for _, v in pts], marker="o" if len(pts) < 40 else None, lw=1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(name)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
         path = out / f"{_safe(name.replace('/', '__'))}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        fig.savefig(path, dpi=90)
         written.append(path)
+    plt.close(fig)
     summary = [n for n in names if not n.startswith("time/") and n != "lr"]
     if summary:
         cols = min(3, len(summary))
         rows = math.ceil(len(summary) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3 * rows), squeeze=False)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(4.5 * cols, 3 * rows), squeeze=False, layout="constrained"
+        )
         cells = list(axes.flat)
         for cell, name in zip(cells, summary, strict=False):
             pts = series[name]
@@ -132,9 +137,8 @@ def write_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
             cell.grid(alpha=0.3)
         for cell in cells[len(summary) :]:
             cell.axis("off")
-        fig.tight_layout()
         path = out / "summary.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
     return written
