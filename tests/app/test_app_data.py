@@ -111,3 +111,49 @@ def test_lr_schedule() -> None:
 def test_step_seeds_differ_by_step_and_rank() -> None:
     seeds = {step_seed(0, s, r) for s in range(100) for r in range(4)}
     assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
+
+
+def test_image_folder_with_held_out_split(tmp_path: Path) -> None:
+    pil = pytest.importorskip("PIL.Image")
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            pil.new("RGB", (12 + i, 10), (40 * i, 100, 0)).save(tmp_path / c / f"{i}.png")
+    cfg = load_config(
+        None,
+        [
+            "data.name=image_folder",
+            f"data.root={tmp_path}",
+            "data.test_fraction=0.2",
+            "data.options={size: 8}",
+        ],
+    )
+    train, test = load_splits(cfg.data)
+    assert train.images.shape == (8, 3, 8, 8) and len(test) == 2
+    assert train.classes == ["a", "b"]
+    cfg = load_config(None, ["data.name=image_folder", f"data.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.options.size"):
+        load_splits(cfg.data)  # different sizes and no resize
+
+
+@pytest.mark.slow
+def test_textures_config_trains_a_few_steps(tmp_path: Path) -> None:
+    from pairsmith.app.train import train
+
+    pytest.importorskip("pairsmith.data.textures")
+    config = Path(__file__).resolve().parents[2] / "configs" / "simclr_textures.yaml"
+    overrides = [
+        "data.options.crops_per_texture=4",
+        "data.batch_size=32",
+        "trainer.max_steps=2",
+        "trainer.progress_bar=false",
+        "model.options.channels=[8, 16]",
+        "eval.knn_k=5",
+    ]
+    try:
+        cfg = load_config(config, overrides)
+        res = train(cfg, tmp_path / "run")
+    except FileNotFoundError as e:
+        pytest.skip(f"no GIMP patterns here: {e}")
+    assert res["train"]["steps"] == 2
+    assert set(res["knn_top1"]) == {"trained", "random_init", "raw_pixels"}
