@@ -93,6 +93,7 @@ def test_dump_and_reload_round_trip(tmp_path: Path) -> None:
         ("optim.lr", "must look like section.key=value"),
         ("=1", "empty key"),
         ("optim.lr=[1", "not valid YAML"),
+        ("method.options={temperature:0.2}", "YAML needs a space after the colon"),
     ],
 )
 def test_bad_keys_and_values_are_named(override: str, message: str) -> None:

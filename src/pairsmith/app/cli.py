@@ -19,7 +19,21 @@ overrides:
   YAML, so numbers, booleans, null and lists work:
       optim.lr=0.06  trainer.epochs=30  views.options.scale=[0.5,1.0]  data.subset=null
       method.options.temperature=0.2  eval.linear.enabled=true
+  Mappings need a space after each colon, and quotes for the shell:
+      'method.options={temperature: 0.2, proj_dim: 64}'
   Unknown keys are an error that lists the valid ones. Sections and their keys:
+"""
+
+ADVICE = """
+advice:
+  - On a few CPU cores keep data.num_workers=0: the data sits in memory as uint8 tensors and the
+    augmentations run batched on the training device; worker processes only compete for cores.
+  - data.batch_size is the global batch; with --devices N each process gets batch_size / N.
+  - The learning-rate schedule is per step (optim.warmup_epochs, then cosine over trainer.epochs
+    or trainer.max_steps); optim.lr is not scaled by the batch size unless optim.lr_scaling says so.
+  - trainer.diagnostics_every=1 computes the pair diagnostics at every step (about a tenth of a
+    step on a small CNN); raise it for long runs.
+  - Compare recipes interleaved and as ratios: the speed of shared machines drifts.
 """
 
 
@@ -47,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
             "kNN online every epoch and, at the end, kNN of the trained encoder next to the same "
             "encoder at random initialisation and raw pixels (RUN_DIR/results.json)."
         ),
-        epilog=EPILOG_OVERRIDES + _sections_help() + "\n\nexample:\n"
+        epilog=EPILOG_OVERRIDES + _sections_help() + "\n" + ADVICE + "\nexamples:\n"
         "  pairsmith train --config configs/default.yaml --out runs/simclr_fmnist\n"
         "  pairsmith train --out runs/simclr_fmnist --resume   # continue after an interruption",
         formatter_class=fmt,

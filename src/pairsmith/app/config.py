@@ -462,6 +462,13 @@ def validate(cfg: Config) -> None:
     positive("eval.batch_size", cfg.eval.batch_size)
     positive("eval.chunk_size", cfg.eval.chunk_size)
     positive("eval.linear.epochs", cfg.eval.linear.epochs)
+    for section in ("data", "views", "model", "method"):
+        for k, v in getattr(cfg, section).options.items():
+            if ":" in k and v is None:
+                raise ConfigError(
+                    f"{section}.options has the key {k!r}: YAML needs a space after the colon, "
+                    f"e.g. {section}.options={{{k.replace(':', ': ', 1)}}}"
+                )
     for name in ("mean", "std"):
         v = getattr(cfg.views, name)
         if v is not None and len(v) == 0:
