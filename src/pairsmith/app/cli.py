@@ -99,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         help="offline kNN / linear probe of a checkpoint",
         description=(
             "Evaluate a trained encoder from a checkpoint: weighted kNN (eval.knn_k, eval.knn_t) "
-            "on the whole test split with the training split as memory bank, and the linear probe "
-            "with --linear. Writes the numbers under 'offline' in RUN_DIR/results.json."
+            "on the whole test split with the training split as memory bank, and a linear probe "
+            "(logistic regression on frozen features). Writes the numbers under 'offline' in "
+            "RUN_DIR/results.json."
         ),
         epilog="overrides (KEY=VALUE) change the saved config, e.g. eval.knn_k=20 data.root=DIR",
         formatter_class=fmt,
@@ -110,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--data-root", metavar="DIR", help="folder of the data files (sets data.root)")
     e.add_argument(
-        "--linear", action=argparse.BooleanOptionalAction, default=None,
-        help="run the linear probe (default: the config's eval.linear.enabled)",
+        "--linear", action=argparse.BooleanOptionalAction, default=True,
+        help="also fit the linear probe (eval.linear.* options; default on)",
     )  # fmt: skip
     e.add_argument(
         "--baselines", action="store_true",
