@@ -131,3 +131,11 @@ def test_random_init_baseline_rebuilds_the_initial_weights(fmnist_root: Path) ->
     a, b = module.method.encoder().state_dict(), fresh.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keeps_the_requested_number_of_epoch_checkpoints(fmnist_root: Path, tmp_path: Path) -> None:
+    over = [*tiny_overrides(fmnist_root), "trainer.epochs=3", "trainer.keep_checkpoints=2"]
+    over += ["eval.final=false", "eval.online=false", "trainer.diagnostics_every=0"]
+    train(load_config(None, over), tmp_path)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert names == ["epoch001.ckpt", "epoch002.ckpt", "last.ckpt"]

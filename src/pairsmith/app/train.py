@@ -83,12 +83,16 @@ def _loggers(run_dir: Path) -> list[Logger]:
 def _checkpoints(cfg: Config, run_dir: Path) -> list[pl.Callback]:
     tr = cfg.trainer
     dirpath = run_dir / CHECKPOINT_DIR
+    keep = tr.keep_checkpoints
     by_epoch = ModelCheckpoint(
         dirpath=dirpath,
         filename="epoch{epoch:03d}",
         auto_insert_metric_name=False,
         every_n_epochs=tr.checkpoint_every_epochs,
-        save_top_k=tr.keep_checkpoints,
+        save_top_k=keep,
+        # Without a monitor Lightning keeps 0, 1 or all; "the k latest" ranks by step.
+        monitor="step" if keep > 1 else None,
+        mode="max",
         save_last=tr.checkpoint_every_steps == 0,
     )
     if tr.checkpoint_every_steps == 0:
