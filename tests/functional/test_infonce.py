@@ -273,3 +273,16 @@ def test_decoupled_row_without_negatives_is_invalid():
     pairs = Pairs.from_views([z1, z2], keys, positives=SameKey("label"))  # all positives
     out = info_nce(pairs, 0.1, "none")
     assert not out.valid.any() and torch.isfinite(out.losses).all() and out.loss == 0
+
+
+def test_mixed_precision_inputs_computed_in_float32():
+    pairs = multi_positive_pairs(torch.float32)
+    ref = info_nce(pairs, 0.2).loss
+    half = pairs.to_dtype(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = info_nce(half, 0.2)
+    assert out.losses.dtype == torch.float32
+    # only the bf16 rounding of the embeddings differs
+    torch.testing.assert_close(out.loss, ref, rtol=2e-2, atol=2e-2)
+    (g,) = torch.autograd.grad(out.loss, pairs.anchors)
+    assert g.dtype == torch.float32 and torch.isfinite(g).all()

@@ -226,6 +226,22 @@ class Pairs:
         """``[B, M]`` negative weights (self removed)."""
         return self.negative_block(slice(0, self.num_anchors))
 
+    def to_dtype(self, dtype: torch.dtype) -> Pairs:
+        """A copy with anchors, candidates and per-anchor candidates cast to ``dtype``.
+
+        The loss uses it to compute in float32 when a mixed-precision forward produced
+        bfloat16 or float16 embeddings (gradients flow through the cast).
+        """
+        if self.anchors.dtype == dtype:
+            return self
+        return self.replace(
+            anchors=self.anchors.to(dtype),
+            segments=tuple(
+                dataclasses.replace(s, embeddings=s.embeddings.to(dtype)) for s in self.segments
+            ),
+            per_anchor=None if self.per_anchor is None else self.per_anchor.to(dtype),
+        )
+
     def detach(self) -> Pairs:
         """A copy whose anchors and candidates carry no gradient (diagnostics)."""
         return self.replace(

@@ -102,6 +102,9 @@ def info_nce(
 
     Raises:
         ValueError: for a bad temperature, mode, aggregate or chunk size.
+
+    Half-precision embeddings (from an autocast forward) are cast to float32 and the
+    loss is computed with autocast disabled.
     """
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
@@ -112,6 +115,21 @@ def info_nce(
         )
     if aggregate not in ("mean_log", "log_mean"):
         raise ValueError(f"aggregate must be 'mean_log' or 'log_mean', got {aggregate!r}")
+    if pairs.anchors.dtype in (torch.float16, torch.bfloat16):
+        # Mixed precision: the encoder may run in half precision, the loss does not
+        # (exp/log over thousands of columns loses too many digits in 8 mantissa bits).
+        pairs = pairs.to_dtype(torch.float32)
+    with torch.autocast(pairs.anchors.device.type, enabled=False):
+        return _info_nce(pairs, temperature, positives_in_denominator, aggregate, chunk_size)
+
+
+def _info_nce(
+    pairs: Pairs,
+    temperature: float,
+    positives_in_denominator: str,
+    aggregate: str,
+    chunk_size: int | Literal["auto"] | None,
+) -> InfoNCEOutput:
     b, m = pairs.num_anchors, pairs.num_candidates
     if chunk_size == "auto":
         chunk = None if b * m <= AUTO_CHUNK_ELEMENTS else max(1, AUTO_BLOCK_ELEMENTS // max(m, 1))
