@@ -249,7 +249,7 @@ def train_seed(
     runs: dict[str, Run] = {}
     for name in args.recipes:
         torch.manual_seed(seed)  # the same backbone initialisation for every recipe
-        backbone = SmallCNN(1, mc.channels)
+        backbone = SmallCNN(1, mc.channels).to(memory_format=torch.channels_last)
         base, opts = recipe_options(name, mc.batch_size, args.queue_size)
         method = create_method(f"methods.{base}", backbone=backbone, **opts)
         method.train()
@@ -269,7 +269,7 @@ def train_seed(
         for i in range(steps_per_epoch):
             idx = perm[i * b : (i + 1) * b]
             torch.manual_seed(1_000_003 * seed + step)
-            v = views(images[idx])
+            v = [x.contiguous(memory_format=torch.channels_last) for x in views(images[idx])]
             keys = {"instance": idx.clone(), "label": labels[idx]}
             lr = lr_at(mc, step, total, steps_per_epoch)
             order = (
@@ -281,7 +281,8 @@ def train_seed(
                 for group in run.opt.param_groups:
                     group["lr"] = lr
                 t0 = time.perf_counter()
-                out = run.method.training_step(v, keys, step=step, epoch=epoch)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
+                    out = run.method.training_step(v, keys, step=step, epoch=epoch)
                 run.opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 run.opt.step()
@@ -372,7 +373,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a("--queue-size", type=int, default=4096, help="queue size of MoCo / MoCHi / NNCLR")
     a("--diag-every", type=int, default=5, help="steps between diagnostics (last epoch)")
     a("--skip-steps", type=int, default=3, help="warm-up steps left out of the time ratios")
-    a("--threads", type=int, default=2, help="torch intra-op threads")
+    a("--threads", type=int, default=1, help="torch intra-op threads (1 is faster on 2 shared cores)")
+    a(
+        "--bf16",
+        type=int,
+        default=1,
+        help="1: bf16 autocast for the encoders as in the main job (the loss stays float32)",
+    )
     a("--config", default=None, help="main job config (default: configs/default.yaml)")
     a("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
     a("--json", default=None, help="write every number to this JSON file")
@@ -501,5 +508,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def merge(paths: list[str]) -> dict[str, Any]:
+    """Combine the JSON files of runs over different seeds (run in parallel) into one table.
+
+    kNN lists are concatenated; time ratios and diagnostics are averaged over the files.
+    """
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    out: dict[str, Any] = {
+        "raw_pixels": first["raw_pixels"],
+        "random_init": [x for p in parts for x in p["random_init"]],
+        "recipes": {},
+        "wall_s": max(p["wall_s"] for p in parts),
+        "merged_from": paths,
+    }
+    for name in first["recipes"]:
+        recs = [p["recipes"][name] for p in parts]
+        merged = {k: statistics.fmean(r[k] for r in recs) for k in recs[0] if _is_number(recs[0][k])}
+        merged["knn"] = [x for r in recs for x in r["knn"]]
+        out["recipes"][name] = merged
+    print(table(out))
+    seeds = [s for p in parts for s in p["args"]["seeds"]]
+    print(
+        f"\nMerged {len(paths)} runs (seeds {seeds}, {first['args']['epochs']} epochs, run in "
+        f"parallel); wall time {out['wall_s']:.0f} s (the longest run)."
+    )
+    return out
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--merge"]:
+        merge(sys.argv[2:])
+    else:
+        main(sys.argv[1:])
