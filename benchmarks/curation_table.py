@@ -373,7 +373,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a("--queue-size", type=int, default=4096, help="queue size of MoCo / MoCHi / NNCLR")
     a("--diag-every", type=int, default=5, help="steps between diagnostics (last epoch)")
     a("--skip-steps", type=int, default=3, help="warm-up steps left out of the time ratios")
-    a("--threads", type=int, default=1, help="torch intra-op threads (1 is faster on 2 shared cores)")
+    a(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1 is faster on 2 shared cores)",
+    )
     a(
         "--bf16",
         type=int,
@@ -524,7 +529,9 @@ def merge(paths: list[str]) -> dict[str, Any]:
     }
     for name in first["recipes"]:
         recs = [p["recipes"][name] for p in parts]
-        merged = {k: statistics.fmean(r[k] for r in recs) for k in recs[0] if _is_number(recs[0][k])}
+        merged = {
+            k: statistics.fmean(r[k] for r in recs) for k in recs[0] if _is_number(recs[0][k])
+        }
         merged["knn"] = [x for r in recs for x in r["knn"]]
         out["recipes"][name] = merged
     print(table(out))

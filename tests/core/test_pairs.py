@@ -21,7 +21,9 @@ from pairsmith import (
 
 def make(n: int = 3, d: int = 4, dtype: torch.dtype = torch.float32) -> Pairs:
     z = torch.randn(n, d, dtype=dtype)
-    return Pairs.from_views([z, z + 1], {"instance": torch.arange(n), "label": torch.tensor([0, 0, 1])[:n]})
+    return Pairs.from_views(
+        [z, z + 1], {"instance": torch.arange(n), "label": torch.tensor([0, 0, 1])[:n]}
+    )
 
 
 def test_from_views_layout():
@@ -53,8 +55,12 @@ def test_weight_forms_dense():
     m = torch.zeros(6, 6, dtype=torch.bool)
     m[0, 2] = True
     assert Mask(m).dense(p)[0, 2] == 1
-    assert torch.equal(Union(Mask(m), SameKey("instance")).dense(p)[0], torch.tensor([1.0, 0, 1, 1, 0, 0]))
-    assert Without(SameKey("instance"), Mask(m | torch.eye(6, dtype=torch.bool))).dense(p)[0, 0] == 0
+    assert torch.equal(
+        Union(Mask(m), SameKey("instance")).dense(p)[0], torch.tensor([1.0, 0, 1, 1, 0, 0])
+    )
+    assert (
+        Without(SameKey("instance"), Mask(m | torch.eye(6, dtype=torch.bool))).dense(p)[0, 0] == 0
+    )
     assert Complement(SameKey("label")).dense(p)[0].tolist() == [0, 0, 1, 0, 0, 1]
     assert Dense(torch.full((6, 6), 0.25)).dense(p).sum() == 9
 
@@ -82,22 +88,58 @@ def test_replace_leaves_input_untouched():
     [
         (lambda z, k: Pairs(z[0], k, (Segment("batch", z, k),)), "anchors must be a \\[B, D\\]"),
         (lambda z, k: Pairs(z.long(), k, (Segment("batch", z, k),)), "floating point"),
-        (lambda z, k: Pairs(z, {"instance": torch.arange(2)}, (Segment("batch", z, k),)), "anchor_keys"),
+        (
+            lambda z, k: Pairs(z, {"instance": torch.arange(2)}, (Segment("batch", z, k),)),
+            "anchor_keys",
+        ),
         (lambda z, k: Pairs(z, {"instance": torch.rand(3)}, (Segment("batch", z, k),)), "integer"),
         (lambda z, k: Pairs(z, k, ()), "segments"),
         (lambda z, k: Pairs(z, k, (Segment("memory", z, k),)), "segment name"),
         (lambda z, k: Pairs(z, k, (Segment("batch", z[:, :2], k),)), "D=4"),
         (lambda z, k: Pairs(z, k, (Segment("batch", z.double(), k),)), "dtype"),
         (lambda z, k: Pairs(z, k, (Segment("batch", z, {}),)), "lacks keys"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, {"instance": torch.arange(2)}),)), "length 3"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), self_index=torch.tensor([0, 1, 7])), "self_index"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), positives=SameKey("label")), "SameKey\\('label'\\)"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), positives="instance"), "positives must be a Weight"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), per_anchor=torch.randn(3, 4)), "per_anchor"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), per_anchor_negatives=torch.ones(3, 1)), "without per_anchor"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), negatives=Mask(torch.ones(2, 3, dtype=torch.bool))), "Mask has shape"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), negatives=TopK(torch.tensor([[5]] * 3))), "TopK cols"),
-        (lambda z, k: Pairs(z, k, (Segment("batch", z, k),), negatives=InSegment("queue")), "InSegment"),
+        (
+            lambda z, k: Pairs(z, k, (Segment("batch", z, {"instance": torch.arange(2)}),)),
+            "length 3",
+        ),
+        (
+            lambda z, k: Pairs(z, k, (Segment("batch", z, k),), self_index=torch.tensor([0, 1, 7])),
+            "self_index",
+        ),
+        (
+            lambda z, k: Pairs(z, k, (Segment("batch", z, k),), positives=SameKey("label")),
+            "SameKey\\('label'\\)",
+        ),
+        (
+            lambda z, k: Pairs(z, k, (Segment("batch", z, k),), positives="instance"),
+            "positives must be a Weight",
+        ),
+        (
+            lambda z, k: Pairs(z, k, (Segment("batch", z, k),), per_anchor=torch.randn(3, 4)),
+            "per_anchor",
+        ),
+        (
+            lambda z, k: Pairs(
+                z, k, (Segment("batch", z, k),), per_anchor_negatives=torch.ones(3, 1)
+            ),
+            "without per_anchor",
+        ),
+        (
+            lambda z, k: Pairs(
+                z, k, (Segment("batch", z, k),), negatives=Mask(torch.ones(2, 3, dtype=torch.bool))
+            ),
+            "Mask has shape",
+        ),
+        (
+            lambda z, k: Pairs(
+                z, k, (Segment("batch", z, k),), negatives=TopK(torch.tensor([[5]] * 3))
+            ),
+            "TopK cols",
+        ),
+        (
+            lambda z, k: Pairs(z, k, (Segment("batch", z, k),), negatives=InSegment("queue")),
+            "InSegment",
+        ),
     ],
 )
 def test_validation_errors(build, match):

@@ -67,7 +67,7 @@ def test_python_m_pairsmith_list_prints_one_line_per_component():
         [sys.executable, "-m", "pairsmith", "list"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert len(out) == len(list_entries())
-    for line, e in zip(out, list_entries()):
+    for line, e in zip(out, list_entries(), strict=False):
         assert e.name in line and "/".join(e.taxonomy) in line
 
 

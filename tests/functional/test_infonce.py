@@ -64,9 +64,11 @@ def reference_loss(pairs: Pairs, tau: float, mode: str, aggregate: str) -> torch
             terms.append(s - torch.log(torch.as_tensor(den)))
         wsum = sum(w for _, w in positives)
         if aggregate == "mean_log":
-            li = -sum(w * t for (_, w), t in zip(positives, terms)) / wsum
+            li = -sum(w * t for (_, w), t in zip(positives, terms, strict=False)) / wsum
         else:
-            li = -torch.log(sum(w * torch.exp(t) for (_, w), t in zip(positives, terms)) / wsum)
+            li = -torch.log(
+                sum(w * torch.exp(t) for (_, w), t in zip(positives, terms, strict=False)) / wsum
+            )
         losses.append(li)
     if not losses:
         return pairs.anchors.sum() * 0

@@ -13,7 +13,13 @@ def test_fifo_wraps_and_keeps_keys():
     assert len(q) == 0 and len(q.segment()) == 0
     for step in range(4):  # 4 pushes of 2 rows into 6 slots: wraps once
         e = torch.full((2, 2), float(step))
-        q.push(e, {"instance": torch.tensor([2 * step, 2 * step + 1]), "label": torch.tensor([step, step])})
+        q.push(
+            e,
+            {
+                "instance": torch.tensor([2 * step, 2 * step + 1]),
+                "label": torch.tensor([step, step]),
+            },
+        )
     assert len(q) == 6 and int(q.ptr) == 2
     # slots 0-1 were overwritten by step 3; slots 2-5 hold steps 1 and 2
     assert q.embeddings[:, 0].tolist() == [3, 3, 1, 1, 2, 2]

@@ -169,9 +169,7 @@ class Pairs:
         """Key name to long tensor ``[M]``, concatenated like :attr:`candidates`."""
         if len(self.segments) == 1:
             return dict(self.segments[0].keys)
-        return {
-            k: torch.cat([s.keys[k] for s in self.segments], dim=0) for k in self.anchor_keys
-        }
+        return {k: torch.cat([s.keys[k] for s in self.segments], dim=0) for k in self.anchor_keys}
 
     def segment_slice(self, name: str) -> slice:
         """Columns of the first segment called ``name``.
@@ -305,7 +303,9 @@ def _validate(p: Pairs) -> None:
         skeys = {k: _check_key(k, s.keys[k], len(s), f"segment {s.name!r} keys") for k in keys}
         for k, t in skeys.items():
             if t.device != a.device:
-                raise ValueError(f"segment {s.name!r} key {k!r} on {t.device}, anchors on {a.device}")
+                raise ValueError(
+                    f"segment {s.name!r} key {k!r} on {t.device}, anchors on {a.device}"
+                )
         segs.append(dataclasses.replace(s, keys=skeys))
     object.__setattr__(p, "segments", tuple(segs))
     m = sum(len(s) for s in segs)

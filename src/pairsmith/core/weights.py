@@ -269,7 +269,9 @@ class InSegment(Weight):
     def block(self, pairs: Pairs, rows: slice) -> Tensor:
         """Ones on the named segments' columns for every row."""
         r = len(range(*rows.indices(pairs.num_anchors)))
-        cols = torch.zeros(pairs.num_candidates, dtype=pairs.anchors.dtype, device=pairs.anchors.device)
+        cols = torch.zeros(
+            pairs.num_candidates, dtype=pairs.anchors.dtype, device=pairs.anchors.device
+        )
         for n in self.names:
             cols[pairs.segment_slice(n)] = 1.0
         return cols.expand(r, -1)

@@ -220,9 +220,7 @@ def _block_losses(
     return torch.stack([losses, valid.to(losses.dtype)])
 
 
-def nt_xent(
-    z1: Tensor, z2: Tensor, temperature: float = 0.1, normalize: bool = True
-) -> Tensor:
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, normalize: bool = True) -> Tensor:
     """NT-Xent (SimCLR, Chen et al. 2020): the 2N-anchor mean over both views.
 
     Args:

@@ -78,6 +78,7 @@ class InfoNCELoss(nn.Module):
         return out.loss
 
     def extra_repr(self) -> str:
+        """The loss configuration, shown in ``print(module)``."""
         return (
             f"temperature={self.temperature}, positives_in_denominator="
             f"{self.positives_in_denominator!r}, aggregate={self.aggregate!r}"

@@ -87,9 +87,7 @@ class Queue(nn.Module):
             keys: every stored key name to a long tensor ``[n]``.
         """
         if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(
-                f"embeddings must be [n, {self.dim}], got {tuple(embeddings.shape)}"
-            )
+            raise ValueError(f"embeddings must be [n, {self.dim}], got {tuple(embeddings.shape)}")
         n = embeddings.shape[0]
         if n > self.size:
             raise ValueError(f"cannot push {n} rows into a queue of size {self.size}")
