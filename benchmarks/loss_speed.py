@@ -31,9 +31,11 @@ inputs (its working memory, gradients included). ``resource.getrusage(RUSAGE_SEL
 is not used: it also carries the high-water mark of the memory map the process had at
 ``exec``, i.e. the parent benchmark's (Python spawns via ``vfork``), which inflated the small
 configurations by the parent's size in a first run. Without ``/proc`` it falls back to the
-``ru_maxrss`` growth, a lower bound.
+``ru_maxrss`` growth, a lower bound. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so
+that glibc unmaps freed blocks at once and RSS follows the live tensors (without it, blocks
+of up to 32 MiB freed by one row block stay resident: allocator retention, not the loss).
 
-    python benchmarks/loss_speed.py                      # everything (about 15 min on 2 cores)
+    python benchmarks/loss_speed.py                      # everything (~1 h on 2 busy cores)
     python benchmarks/loss_speed.py --configs 256x4096 --repeats 9 --no-memory
 """
 
