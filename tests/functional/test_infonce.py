@@ -288,3 +288,19 @@ def test_mixed_precision_inputs_computed_in_float32():
     torch.testing.assert_close(out.loss, ref, rtol=2e-2, atol=2e-2)
     (g,) = torch.autograd.grad(out.loss, pairs.anchors)
     assert g.dtype == torch.float32 and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_single_positive_fast_path_equals_general_path(dtype, chunk):
+    """NT-Xent rows take the cross-entropy fast path; an equivalent explicit negative rule
+    (not the default Complement()) forces the general path: same value and gradient."""
+    z1, z2 = unit(6, 5, dtype=dtype), unit(6, 5, dtype=dtype, seed=1)
+    z1.requires_grad_(True)
+    fast = Pairs.from_views([z1, z2], {"instance": torch.arange(6)})
+    slow = fast.replace(negatives=Complement(SameKey("instance")))
+    a = info_nce(fast, 0.2, chunk_size=chunk).loss
+    b = info_nce(slow, 0.2, chunk_size=chunk).loss
+    torch.testing.assert_close(a, b, **TOL[dtype])
+    ga, gb = (torch.autograd.grad(x, z1)[0] for x in (a, b))
+    torch.testing.assert_close(ga, gb, **TOL[dtype])

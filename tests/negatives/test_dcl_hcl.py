@@ -219,7 +219,8 @@ def test_hcl_beta0_tau0_is_nt_xent_exactly(dtype):
     plain = value_and_grads(lambda a, b: ours(a, b, None), x1, x2)
     hcl = value_and_grads(lambda a, b: ours(a, b, HardNegatives(beta=0.0, tau_plus=0.0)), x1, x2)
     for u, v in zip(hcl, plain, strict=True):
-        assert torch.equal(u, v)
+        # equal up to rounding: plain NT-Xent takes the cross-entropy fast path
+        assert_matches((u,), (v,), dtype)
     # ... and the reference's biased estimator ("easy").
     easy = value_and_grads(lambda a, b: reference(a, b, 0, 0, estimator="easy"), x1, x2)
     assert_matches(hcl, easy, dtype)
@@ -232,7 +233,8 @@ def test_dcl_tau0_is_nt_xent(dtype):
     plain = value_and_grads(lambda a, b: ours(a, b, None), x1, x2)
     dcl = value_and_grads(lambda a, b: ours(a, b, DebiasedNegatives(tau_plus=0.0)), x1, x2)
     for u, v in zip(dcl, plain, strict=True):
-        assert torch.equal(u, v)
+        # equal up to rounding: plain NT-Xent takes the cross-entropy fast path
+        assert_matches((u,), (v,), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

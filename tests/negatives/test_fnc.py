@@ -271,7 +271,7 @@ def test_no_detection_equals_nt_xent(dtype: torch.dtype, mode: str, off: dict) -
     got, curated = ours([z1, z2], fnc, support=empty_support)
     assert bool((curated.info["false_negatives"] < 0).all())
     plain = info_nce(Pairs.from_views([z1, z2], {"instance": torch.arange(10)}), TAU).loss
-    assert torch.equal(got, plain)
+    close(got, plain, dtype)  # up to rounding: plain NT-Xent takes the cross-entropy fast path
     close(got, nt_xent(z1, z2, TAU, normalize=False), dtype)
     close(got, simclr_tf(z1, z2, TAU) / SIMCLR_TF_FACTOR, dtype)
     ref, _ = ref_fnc_attraction(

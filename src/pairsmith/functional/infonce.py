@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from pairsmith.core.pairs import Pairs
+from pairsmith.core.weights import Complement
 
 PositivesInDenominator = Literal["all", "self", "none"]
 Aggregate = Literal["mean_log", "log_mean"]
@@ -176,6 +177,16 @@ def _block_losses(
 ) -> Tensor:
     """Losses of one row block; returns ``[2, r]``: losses and validity (as 0/1)."""
     logits = anchors @ candidates.T / temperature  # [r, M]
+    if (
+        per_anchor is None
+        and pairs.estimator is None
+        and mode in ("all", "self")
+        and isinstance(pairs.negatives, Complement)
+        and pairs.negatives.of is None
+    ):
+        fast = _single_positive_cross_entropy(pairs, rows, logits)
+        if fast is not None:
+            return fast
     pos, neg = pairs.weight_blocks(rows)
     if per_anchor is not None:
         extra = torch.einsum("bd,bsd->bs", anchors, per_anchor) / temperature
@@ -218,6 +229,27 @@ def _block_losses(
         losses = -(torch.logsumexp(terms + log_weights(pos), dim=1) - safe_total.log())
     losses = torch.where(valid, losses, 0.0)
     return torch.stack([losses, valid.to(losses.dtype)])
+
+
+def _single_positive_cross_entropy(pairs: Pairs, rows: slice, logits: Tensor) -> Tensor | None:
+    """Fast path: every row has exactly one positive and every other column is a negative.
+
+    Then "all" and "self" coincide and both aggregates reduce to ``-t_p``, i.e. plain
+    cross-entropy over the row with the anchor's own column masked (NT-Xent, MoCo with a
+    queue of other instances). Returns ``None`` when the block does not qualify.
+    """
+    pos = pairs.positives.block(pairs, rows) > 0
+    r = logits.shape[0]
+    if pairs.self_index is not None:
+        si = pairs.self_index[rows]
+        has = si >= 0
+        ri, ci = torch.arange(r, device=si.device)[has], si[has]
+        pos = pos.index_put((ri, ci), torch.zeros((), dtype=torch.bool, device=pos.device))
+        logits = logits.index_put((ri, ci), logits.new_tensor(float("-inf")))
+    if not bool((pos.sum(dim=1) == 1).all()):
+        return None
+    losses = F.cross_entropy(logits, pos.to(torch.uint8).argmax(dim=1), reduction="none")
+    return torch.stack([losses, torch.ones_like(losses)])
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, normalize: bool = True) -> Tensor:
