@@ -76,7 +76,7 @@ def check(d: dict[str, float], ref: dict[str, float]) -> None:
         if math.isnan(value):
             assert math.isnan(d[key]), key
         else:
-            assert d[key] == pytest.approx(value, abs=1e-6), key
+            assert d[key] == pytest.approx(float(value), abs=1e-6), key
 
 
 def test_known_false_negative_rate() -> None:
