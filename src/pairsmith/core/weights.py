@@ -89,12 +89,15 @@ class SameKey(Weight):
                 f"{sorted(pairs.anchor_keys)}; add {self.key!r} to anchor_keys"
             )
 
-    def block(self, pairs: Pairs, rows: slice) -> Tensor:
-        """Compare the key of each anchor row with every candidate's key."""
+    def bool_block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """``[r, M]`` bool: True where the anchor row and the candidate share the key."""
         a = pairs.anchor_keys[self.key][rows]
         c = pairs.candidate_keys[self.key]
-        same = (a[:, None] == c[None, :]) & (a[:, None] >= 0)
-        return same.to(pairs.anchors.dtype)
+        return (a[:, None] == c[None, :]) & (a[:, None] >= 0)
+
+    def block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """Compare the key of each anchor row with every candidate's key."""
+        return self.bool_block(pairs, rows).to(pairs.anchors.dtype)
 
     def __repr__(self) -> str:
         return f"SameKey({self.key!r})"

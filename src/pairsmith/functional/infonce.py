@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from pairsmith.core.pairs import Pairs
-from pairsmith.core.weights import Complement
+from pairsmith.core.weights import Complement, SameKey
 
 PositivesInDenominator = Literal["all", "self", "none"]
 Aggregate = Literal["mean_log", "log_mean"]
@@ -238,7 +238,9 @@ def _single_positive_cross_entropy(pairs: Pairs, rows: slice, logits: Tensor) ->
     cross-entropy over the row with the anchor's own column masked (NT-Xent, MoCo with a
     queue of other instances). Returns ``None`` when the block does not qualify.
     """
-    pos = pairs.positives.block(pairs, rows) > 0
+    w = pairs.positives
+    # SameKey (SimCLR, MoCo) compares keys straight to bool: no float block.
+    pos = w.bool_block(pairs, rows) if isinstance(w, SameKey) else w.block(pairs, rows) > 0
     r = logits.shape[0]
     if pairs.self_index is not None:
         si = pairs.self_index[rows]
