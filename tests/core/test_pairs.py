@@ -65,6 +65,34 @@ def test_weight_forms_dense():
     assert Dense(torch.full((6, 6), 0.25)).dense(p).sum() == 9
 
 
+def test_bool_block_is_the_support_and_binary_forms_are_0_1():
+    p = make()
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(6, 6, generator=g) < 0.4
+    topk = TopK(torch.tensor([[1, -1]] * 6), torch.tensor([[0.5, 9.0]] * 6))
+    forms = [
+        SameKey("label"),
+        topk,
+        Mask(m),
+        Dense(torch.rand(6, 6, generator=g) * (torch.rand(6, 6, generator=g) < 0.5)),
+        Complement(),
+        Complement(Mask(m)),
+        InSegment("batch"),
+        Union(Mask(m), SameKey("instance")),
+        Union(Mask(m), topk),
+        Without(Complement(), Mask(m)),
+        Without(topk, Mask(m)),
+    ]
+    for w in forms:
+        block = w.dense(p)
+        assert torch.equal(w.bool_block(p, slice(0, 6)), block > 0), w
+        if w.binary:
+            assert bool(((block == 0) | (block == 1)).all()), w
+    assert [w.binary for w in forms] == [
+        True, False, True, False, True, True, True, True, False, True, False,
+    ]  # fmt: skip
+
+
 def test_in_segment():
     z = torch.randn(2, 3)
     keys = {"instance": torch.arange(2)}

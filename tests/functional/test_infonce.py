@@ -112,23 +112,33 @@ def test_matches_reference_loop_value_and_grad(dtype, mode, aggregate):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_weighted_topk_and_per_anchor_match_reference(dtype):
+@pytest.mark.parametrize("aggregate", ["mean_log", "log_mean"])
+@pytest.mark.parametrize("per_anchor_weights", ["float", "bool", "default"])
+def test_weighted_topk_and_per_anchor_match_reference(dtype, aggregate, per_anchor_weights):
+    # Float positive weights, 0/1 or float negatives, per-anchor columns given as float,
+    # bool or default weights: every combination of the loss's bool and float blocks.
     pairs = multi_positive_pairs(dtype)
     b, m = pairs.num_anchors, pairs.num_candidates
     g = torch.Generator().manual_seed(3)
     cols = torch.randint(0, m, (b, 2), generator=g)
     w = torch.rand(b, 2, generator=g, dtype=dtype)
     per = unit(b, 3, 5, dtype=dtype, seed=9)
-    pn = torch.rand(b, 3, generator=g, dtype=dtype)
+    pn = {
+        "float": torch.rand(b, 3, generator=g, dtype=dtype),
+        "bool": torch.rand(b, 3, generator=g) < 0.5,
+        "default": None,
+    }[per_anchor_weights]
+    pp = None if per_anchor_weights != "bool" else torch.rand(b, 3, generator=g) < 0.3
     pairs = pairs.replace(
         positives=Union(SameKey("instance"), TopK(cols, w)),
         negatives=Without(Complement(), Mask(torch.rand(b, m, generator=g) < 0.2)),
         per_anchor=per,
+        per_anchor_positives=pp,
         per_anchor_negatives=pn,
     )
-    for mode in ("all", "self"):
-        ours = info_nce(pairs, 0.2, mode, "mean_log", chunk_size=None).loss
-        ref = reference_loss(pairs, 0.2, mode, "mean_log")
+    for mode in ("all", "self", "none"):
+        ours = info_nce(pairs, 0.2, mode, aggregate, chunk_size=None).loss
+        ref = reference_loss(pairs, 0.2, mode, aggregate)
         torch.testing.assert_close(ours, ref, **TOL[dtype])
         (g1,) = torch.autograd.grad(ours, pairs.anchors)
         (g2,) = torch.autograd.grad(ref, pairs.anchors)

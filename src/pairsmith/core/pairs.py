@@ -40,13 +40,17 @@ SEGMENT_KINDS = ("batch", "gathered", "queue", "synthetic")
 class DenominatorEstimator(Protocol):
     """Replaces the negative mass of the InfoNCE denominator (DCL, HCL; survey 4.1-4.2).
 
-    Called once per row block with the scaled logits, the negative weights and the
-    temperature; returns ``log Ng``, broadcastable to ``[r, M']`` and read at each
-    positive column (an estimator may depend on the positive's logit, as DCL's does).
+    Called once per row block with the scaled logits ``[r, M']``, the negative weights
+    (a bool mask, or non-negative floats, ``[r, M']``, zero at the anchor's own column
+    and at its positives), the temperature and the positive entries ``(rows, cols)``
+    (``[P]`` each). Returns ``log Ng`` ``[P]`` for each positive entry: an estimator may
+    depend on the positive's logit, as DCL's does.
     """
 
-    def __call__(self, logits: Tensor, neg_weight: Tensor, temperature: float) -> Tensor:
-        """Return the log negative mass ``[r, 1]`` or ``[r, M']``."""
+    def __call__(
+        self, logits: Tensor, neg_weight: Tensor, temperature: float, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        """Return the log negative mass ``[P]`` at the entries ``(rows, cols)``."""
         ...
 
 
@@ -215,6 +219,35 @@ class Pairs:
         else:
             neg = self.negatives.block(self, rows).masked_fill(self_mask, 0.0)
         return pos, neg
+
+    def weight_masks(self, rows: slice) -> tuple[Tensor, Tensor]:
+        """Positive and negative ``[r, M]`` blocks for the loss, self removed.
+
+        A binary rule (``Weight.binary``) gives a bool block, any other a float block;
+        the loss masks logits with the former and adds log-weights for the latter.
+        Negatives are not yet made disjoint from the positives (the loss does that after
+        appending the per-anchor columns).
+        """
+        pos_rule, neg_rule = self.positives, self.negatives
+        pos = pos_rule.bool_block(self, rows) if pos_rule.binary else pos_rule.block(self, rows)
+        if isinstance(neg_rule, Complement) and neg_rule.of is None:
+            # The default negatives reuse the positive block instead of a second rule pass.
+            neg = ~pos if pos.dtype == torch.bool else pos == 0
+        elif neg_rule.binary:
+            neg = neg_rule.bool_block(self, rows)
+        else:
+            neg = neg_rule.block(self, rows)
+        return self._without_self(pos, rows), self._without_self(neg, rows)
+
+    def _without_self(self, block: Tensor, rows: slice) -> Tensor:
+        """``block`` (bool or float ``[r, M]``) with each anchor's own column zeroed."""
+        if self.self_index is None:
+            return block
+        idx = self.self_index[rows]
+        has = idx >= 0
+        r_idx = torch.arange(idx.shape[0], device=idx.device)[has]
+        zero = torch.zeros((), dtype=block.dtype, device=block.device)
+        return block.index_put((r_idx, idx[has]), zero)
 
     def dense_positives(self) -> Tensor:
         """``[B, M]`` positive weights (self removed)."""

@@ -35,7 +35,15 @@ if TYPE_CHECKING:
 
 
 class Weight(ABC):
-    """A non-negative ``[B, M]`` weight matrix described by a rule."""
+    """A non-negative ``[B, M]`` weight matrix described by a rule.
+
+    A rule whose every entry is 0 or 1 is *binary* (``binary`` is True): the loss then
+    works on :meth:`bool_block` masks, which are cheaper than float blocks and let it mask
+    logits instead of adding log-weights.
+    """
+
+    #: True when every entry of the matrix is 0 or 1 (set by the binary forms).
+    binary: bool = False
 
     @abstractmethod
     def block(self, pairs: Pairs, rows: slice) -> Tensor:
@@ -48,6 +56,13 @@ class Weight(ABC):
         Returns:
             Float tensor ``[r, M]`` in the anchors' dtype and device, ``r = len(rows)``.
         """
+
+    def bool_block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """``[r, M]`` bool: True where the weight is positive (the support of :meth:`block`).
+
+        Forms override it to skip the float block.
+        """
+        return self.block(pairs, rows) > 0
 
     def dense(self, pairs: Pairs) -> Tensor:
         """The whole ``[B, M]`` matrix (tests, diagnostics, small problems)."""
@@ -70,6 +85,8 @@ class SameKey(Weight):
     key (survey 3.2.4); cross-modal pairing uses ``"pair"`` (survey 3.2.5).
     A value of -1 is unknown and matches nothing.
     """
+
+    binary = True
 
     def __init__(self, key: str) -> None:
         """Create the rule.
@@ -168,6 +185,8 @@ class TopK(Weight):
 class Mask(Weight):
     """A boolean ``[B, M]`` matrix: True is weight 1."""
 
+    binary = True
+
     def __init__(self, mask: Tensor) -> None:
         """Store the mask.
 
@@ -181,6 +200,10 @@ class Mask(Weight):
     def validate(self, pairs: Pairs, name: str) -> None:
         """Check the shape and device."""
         _check_matrix(self.mask, pairs, f"{name}: Mask")
+
+    def bool_block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """Slice the rows."""
+        return self.mask[rows]
 
     def block(self, pairs: Pairs, rows: slice) -> Tensor:
         """Slice the rows and convert to the anchors' dtype."""
@@ -229,6 +252,8 @@ class Complement(Weight):
             positives (false-negative attraction) removes them from the negatives too.
     """
 
+    binary = True
+
     def __init__(self, of: Weight | None = None) -> None:
         """Store the weight to complement (``None``: the current positives)."""
         self.of = of
@@ -238,12 +263,16 @@ class Complement(Weight):
         if self.of is not None:
             self.of.validate(pairs, name)
 
-    def block(self, pairs: Pairs, rows: slice) -> Tensor:
-        """Ones where the complemented weight is zero."""
+    def bool_block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """True where the complemented weight is zero."""
         of = pairs.positives if self.of is None else self.of
         if isinstance(of, Complement) and of.of is None:
             raise ValueError("positives cannot be Complement() of themselves")
-        return (of.block(pairs, rows) == 0).to(pairs.anchors.dtype)
+        return ~of.bool_block(pairs, rows)
+
+    def block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """Ones where the complemented weight is zero."""
+        return self.bool_block(pairs, rows).to(pairs.anchors.dtype)
 
     def __repr__(self) -> str:
         return "Complement()" if self.of is None else f"Complement({self.of!r})"
@@ -251,6 +280,8 @@ class Complement(Weight):
 
 class InSegment(Weight):
     """Weight 1 on every column of the named segments (e.g. MoCo: negatives = queue only)."""
+
+    binary = True
 
     def __init__(self, *names: str) -> None:
         """Store the segment names.
@@ -269,15 +300,17 @@ class InSegment(Weight):
             if n not in present:
                 raise ValueError(f"{name}: InSegment({n!r}) but segments are {sorted(present)}")
 
+    def bool_block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """True on the named segments' columns for every row (an expanded view)."""
+        r = len(range(*rows.indices(pairs.num_anchors)))
+        cols = torch.zeros(pairs.num_candidates, dtype=torch.bool, device=pairs.anchors.device)
+        for n in self.names:
+            cols[pairs.segment_slice(n)] = True
+        return cols.expand(r, -1)
+
     def block(self, pairs: Pairs, rows: slice) -> Tensor:
         """Ones on the named segments' columns for every row."""
-        r = len(range(*rows.indices(pairs.num_anchors)))
-        cols = torch.zeros(
-            pairs.num_candidates, dtype=pairs.anchors.dtype, device=pairs.anchors.device
-        )
-        for n in self.names:
-            cols[pairs.segment_slice(n)] = 1.0
-        return cols.expand(r, -1)
+        return self.bool_block(pairs, rows).to(pairs.anchors.dtype)
 
     def __repr__(self) -> str:
         return "InSegment(" + ", ".join(repr(n) for n in self.names) + ")"
@@ -295,11 +328,19 @@ class Union(Weight):
         if not parts or not all(isinstance(p, Weight) for p in parts):
             raise ValueError("Union needs at least one Weight")
         self.parts = parts
+        self.binary = all(p.binary for p in parts)
 
     def validate(self, pairs: Pairs, name: str) -> None:
         """Validate every part."""
         for p in self.parts:
             p.validate(pairs, name)
+
+    def bool_block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """True where any part is positive."""
+        out = self.parts[0].bool_block(pairs, rows)
+        for p in self.parts[1:]:
+            out = out | p.bool_block(pairs, rows)
+        return out
 
     def block(self, pairs: Pairs, rows: slice) -> Tensor:
         """Maximum over the parts' blocks."""
@@ -324,11 +365,16 @@ class Without(Weight):
         """
         self.base = base
         self.removed = removed
+        self.binary = base.binary
 
     def validate(self, pairs: Pairs, name: str) -> None:
         """Validate both weights."""
         self.base.validate(pairs, name)
         self.removed.validate(pairs, name)
+
+    def bool_block(self, pairs: Pairs, rows: slice) -> Tensor:
+        """True where the base is positive and ``removed`` is zero."""
+        return self.base.bool_block(pairs, rows) & ~self.removed.bool_block(pairs, rows)
 
     def block(self, pairs: Pairs, rows: slice) -> Tensor:
         """Zero the removed entries of the base block."""

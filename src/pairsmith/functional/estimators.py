@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pairsmith.functional.infonce import log_weights, neg_fill
+from pairsmith.functional.infonce import masked_logsumexp, neg_fill
 
 
 def check_tau_plus(tau_plus: object) -> float:
@@ -108,27 +108,31 @@ def debiased_log_negative_mass(
     temperature: float,
     tau_plus: float,
     beta: float = 0.0,
+    at: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``log Ng`` of the HCL estimator (DCL when ``beta = 0``), for every column.
 
     ``Ng_ij`` is the estimate used when column ``j`` is the positive of anchor ``i``; the
-    loss reads it at the positive columns. It depends on the positive's own logit
+    loss reads it at the positive columns (``at``). It depends on the positive's own logit
     ``s_ij`` through the debiasing term ``-tau_plus * N_i * exp(s_ij)``.
 
     Args:
         logits: ``[r, M']`` logits ``s = <a, c> / temperature``.
-        neg_weight: ``[r, M']`` non-negative negative weights (0 at the anchor's own
-            column and at its positives).
+        neg_weight: ``[r, M']`` negative weights, a bool mask or non-negative floats (0 at
+            the anchor's own column and at its positives).
         temperature: the ``tau > 0`` the logits were divided by (sets the clamp
             ``N * exp(-1 / tau)``).
         tau_plus: class prior ``tau+`` in ``[0, 1)``; 0 disables debiasing.
         beta: concentration ``>= 0`` of the hardness weights ``exp(beta * s)``; 0 is DCL.
+        at: ``(rows, cols)`` long ``[P]`` each: compute ``log Ng`` only at these entries
+            (the loss passes its positives; the row sums still see every column).
 
     Returns:
-        ``[r, M']`` tensor ``log Ng``. Rows without negatives get ``Ng = 0`` (a large
-        finite negative, as :func:`~pairsmith.functional.infonce.neg_fill`), never NaN.
-        Gradient flows through the logits, including the hardness weights (as in the
-        reference code, nothing is detached); clamped entries carry no gradient.
+        ``[r, M']`` tensor ``log Ng`` (``[P]`` with ``at``). Rows without negatives get
+        ``Ng = 0`` (a large finite negative, as
+        :func:`~pairsmith.functional.infonce.neg_fill`), never NaN. Gradient flows through
+        the logits, including the hardness weights (as in the reference code, nothing is
+        detached); clamped entries carry no gradient.
 
     Raises:
         ValueError: for a bad ``tau_plus``, ``beta``, ``temperature`` or shapes.
@@ -148,32 +152,44 @@ def debiased_log_negative_mass(
 
     dtype = logits.dtype
     fill = neg_fill(dtype)
-    w = neg_weight.to(dtype)
-    lw = log_weights(w)  # [r, M'], large negative where w == 0
-    count = (w > 0).sum(dim=1, keepdim=True).to(dtype)  # N, [r, 1]
+    binary = neg_weight.dtype == torch.bool
+    present = neg_weight if binary else neg_weight > 0
+    count = present.sum(dim=1, keepdim=True).to(dtype)  # N, [r, 1]
     has_neg = count > 0
     log_n = torch.where(has_neg, count, 1.0).log()
+
+    def weighted_lse(x: Tensor) -> Tensor:  # LSE_j(x_j + log w_j), [r, 1]
+        return masked_logsumexp(x, neg_weight).unsqueeze(1)
 
     # log reweight = log sum_j w_j imp_j e^{s_j} - log(sum_j w_j imp_j / sum_j w_j)
     if beta == 0.0:
         # imp = 1: exactly the default negative mass LSE(s + log w).
-        log_reweight = torch.logsumexp(logits + lw, dim=1, keepdim=True)
+        log_reweight = weighted_lse(logits)
     else:
-        log_total_w = torch.where(has_neg, w.sum(dim=1, keepdim=True), 1.0).log()
+        total_w = count if binary else neg_weight.to(dtype).sum(dim=1, keepdim=True)
+        log_total_w = torch.where(has_neg, total_w, 1.0).log()
         log_reweight = (
-            log_total_w
-            + torch.logsumexp((1.0 + beta) * logits + lw, dim=1, keepdim=True)
-            - torch.logsumexp(beta * logits + lw, dim=1, keepdim=True)
+            log_total_w + weighted_lse((1.0 + beta) * logits) - weighted_lse(beta * logits)
         )
     log_reweight = torch.where(has_neg, log_reweight, 0.0)
     log_floor = log_n - 1.0 / temperature  # log(N e^{-1/tau}), [r, 1]
 
+    if at is None:
+        s = logits
+    else:
+        # Only the read entries: [P] instead of [r, M'] for the per-column terms.
+        rows, cols = at
+        s = logits[rows, cols]
+        log_n, log_reweight, log_floor, has_neg = (
+            t[rows, 0] for t in (log_n, log_reweight, log_floor, has_neg)
+        )
+
     if tau_plus == 0.0:
-        log_raw = log_reweight.expand_as(logits)
+        log_raw = log_reweight.expand_as(s)
         active = log_raw >= log_floor
     else:
         # Ng = reweight (1 - ratio) / (1 - tau+), ratio = tau+ N e^{s_p} / reweight.
-        log_ratio = math.log(tau_plus) + log_n + logits - log_reweight  # [r, M']
+        log_ratio = math.log(tau_plus) + log_n + s - log_reweight
         with torch.no_grad():
             below_one = log_ratio < 0
             safe = torch.where(below_one, log_ratio, -1.0)
@@ -208,8 +224,13 @@ class DebiasedEstimator:
         object.__setattr__(self, "tau_plus", check_tau_plus(self.tau_plus))
         object.__setattr__(self, "beta", check_beta(self.beta))
 
-    def __call__(self, logits: Tensor, neg_weight: Tensor, temperature: float) -> Tensor:
-        """Return ``log Ng`` ``[r, M']`` (see :func:`debiased_log_negative_mass`)."""
+    def __call__(
+        self, logits: Tensor, neg_weight: Tensor, temperature: float, rows: Tensor, cols: Tensor
+    ) -> Tensor:
+        """Return ``log Ng`` ``[P]`` at the entries ``(rows, cols)``.
+
+        See :func:`debiased_log_negative_mass`.
+        """
         return debiased_log_negative_mass(
-            logits, neg_weight, temperature, tau_plus=self.tau_plus, beta=self.beta
+            logits, neg_weight, temperature, self.tau_plus, self.beta, at=(rows, cols)
         )
