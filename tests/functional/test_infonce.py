@@ -314,3 +314,23 @@ def test_single_positive_fast_path_equals_general_path(dtype, chunk):
     torch.testing.assert_close(a, b, **TOL[dtype])
     ga, gb = (torch.autograd.grad(x, z1)[0] for x in (a, b))
     torch.testing.assert_close(ga, gb, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["all", "self", "none"])
+@pytest.mark.parametrize("aggregate", ["mean_log", "log_mean"])
+def test_single_positive_general_path_matches_reference(dtype, mode, aggregate):
+    # One positive per row but non-default negatives: the general path's one-positive
+    # shortcut ("all" computed as "self") against the slow loop.
+    pairs = multi_positive_pairs(dtype)
+    g = torch.Generator().manual_seed(5)
+    drop = Mask(torch.rand(pairs.num_anchors, pairs.num_candidates, generator=g) < 0.3)
+    pairs = pairs.replace(positives=SameKey("instance"), negatives=Without(Complement(), drop))
+    ours = info_nce(pairs, 0.3, mode, aggregate, chunk_size=None).loss
+    ref = reference_loss(pairs, 0.3, mode, aggregate)
+    torch.testing.assert_close(ours, ref, **TOL[dtype])
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, pairs.anchors)[0],
+        torch.autograd.grad(ref, pairs.anchors)[0],
+        **TOL[dtype],
+    )

@@ -214,10 +214,13 @@ def _block_losses(
             log_ng_p = pairs.estimator(logits, neg, temperature, rows_p, cols_p)  # [P]
         else:
             log_ng_p = masked_logsumexp(logits, neg)[rows_p]
-        if mode == "all":
+        # nonzero() lists entries row by row: strictly increasing rows = one positive each,
+        # and then "all" is "self" (the positive mass is the positive's own exp).
+        single = rows_p.numel() < 2 or bool((rows_p[1:] > rows_p[:-1]).all())
+        if mode == "all" and not single:
             log_pos_mass = masked_logsumexp(logits, is_pos)[rows_p]
             log_den = torch.logaddexp(log_pos_mass, log_ng_p)
-        elif mode == "self":
+        elif mode in ("all", "self"):
             log_den = torch.logaddexp(s_p, log_ng_p)
         else:
             log_den = log_ng_p
