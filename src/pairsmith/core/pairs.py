@@ -206,20 +206,6 @@ class Pairs:
         """``[r, M]`` negative weights with the anchor's own column zeroed."""
         return self.negatives.block(self, rows).masked_fill(self.self_mask_block(rows), 0.0)
 
-    def weight_blocks(self, rows: slice) -> tuple[Tensor, Tensor]:
-        """Positive and negative ``[r, M]`` blocks, self removed, in one pass.
-
-        The default negatives (``Complement()`` of the positives) reuse the positive
-        block instead of evaluating the positive rule a second time.
-        """
-        self_mask = self.self_mask_block(rows)
-        pos = self.positives.block(self, rows).masked_fill(self_mask, 0.0)
-        if isinstance(self.negatives, Complement) and self.negatives.of is None:
-            neg = (pos == 0).to(pos.dtype).masked_fill(self_mask, 0.0)
-        else:
-            neg = self.negatives.block(self, rows).masked_fill(self_mask, 0.0)
-        return pos, neg
-
     def weight_masks(self, rows: slice) -> tuple[Tensor, Tensor]:
         """Positive and negative ``[r, M]`` blocks for the loss, self removed.
 
