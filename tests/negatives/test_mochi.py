@@ -15,6 +15,7 @@ from pairsmith.core.registry import create_curator, list_entries
 from pairsmith.core.weights import InSegment, Mask, SameKey
 from pairsmith.functional.infonce import info_nce
 from pairsmith.losses.infonce import MoCoLoss
+from pairsmith.negatives.hard_negative_selection import mochi as mochi_module
 from pairsmith.negatives.hard_negative_selection.mochi import MoCHi
 
 DTYPES = [torch.float32, torch.float64]
@@ -241,6 +242,75 @@ def test_mixes_are_not_generally_harder_than_the_hardest_negative():
     torch.testing.assert_close(out.info["mochi/mix_similarity"], sh.mean())
 
 
+# --------------------------------------------------------------------------- blocked build
+def straightforward_mixes(p: Pairs, out: Pairs) -> torch.Tensor:
+    """The mixes rebuilt from the recorded draws with whole-tensor operations."""
+    c = coefficients(out)
+    q = p.anchors.detach()
+    queue = segment(p, "queue")
+    mixes = []
+    if "alpha" in c:
+        ci, cj = c["mix_index"]
+        a = c["alpha"][..., None]
+        mixes.append(F.normalize(a * queue[ci] + (1 - a) * queue[cj], dim=-1))
+    if "beta" in c:
+        be = c["beta"][..., None]
+        n = queue[c["query_mix_index"]]
+        mixes.append(F.normalize(be * q[:, None, :] + (1 - be) * n, dim=-1))
+    return torch.cat(mixes, dim=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("existing", [False, True])
+def test_blocked_build_equals_the_straightforward_computation(dtype, existing, monkeypatch):
+    """Mixes and diagnostics built in row blocks (3, 3, 2 rows) match whole tensors."""
+    b, s, s2, d = 8, 6, 3, 16
+    monkeypatch.setattr(mochi_module, "_MIX_BLOCK_ELEMENTS", 3 * (s + s2) * d)
+    p = moco_pairs(b=b, k=64, d=d, dtype=dtype, seed=21)
+    s_old = 2 if existing else 0
+    if existing:
+        p = p.replace(
+            per_anchor=unit(b, s_old, d, seed=22, dtype=dtype),
+            per_anchor_negatives=torch.full((b, s_old), 0.5, dtype=dtype),
+        )
+    out = MoCHi(num_hard=10, num_mix=s, num_query_mix=s2, seed=4, record_coefficients=True)(p)
+    mixes = straightforward_mixes(p, out)
+    assert out.per_anchor.shape == (b, s_old + s + s2, d)
+    torch.testing.assert_close(out.per_anchor[:, s_old:], mixes, **tol(dtype))
+    if existing:
+        assert torch.equal(out.per_anchor[:, :s_old], p.per_anchor)
+        expect = torch.cat([torch.full((b, s_old), 0.5), torch.ones(b, s + s2)], 1).to(dtype)
+        assert torch.equal(out.per_anchor_negatives, expect)
+    # The diagnostics against an einsum over the stored mixes.
+    q = p.anchors.detach()
+    sims = torch.einsum("bd,bsd->bs", q, out.per_anchor[:, s_old:])
+    hardest = (q @ segment(p, "queue").T).max(dim=1).values
+    for name, part in (("mix", sims[:, :s]), ("query_mix", sims[:, s:])):
+        torch.testing.assert_close(out.info[f"mochi/{name}_similarity"], part.mean(), **tol(dtype))
+        above = (part > hardest[:, None]).to(dtype).mean()
+        torch.testing.assert_close(out.info[f"mochi/{name}_above_hardest"], above)
+
+
+def test_documented_draw_order():
+    """Type-1 first slots, second slots, alphas; type-2 slots, betas (class docstring)."""
+    b, n, s, s2, seed = 6, 10, 5, 4, 9
+    p = moco_pairs(b=b, k=40)
+    out = MoCHi(num_hard=n, num_mix=s, num_query_mix=s2, seed=seed, record_coefficients=True)(p)
+    c = coefficients(out)
+    g = torch.Generator().manual_seed(seed)
+
+    def rows(u: torch.Tensor) -> torch.Tensor:
+        return c["hard_index"].gather(1, (u * n).long().clamp_max(n - 1))
+
+    ci, cj = rows(torch.rand(b, s, generator=g)), rows(torch.rand(b, s, generator=g))
+    alpha = torch.rand(b, s, 1, generator=g)[..., 0].double()
+    ck = rows(torch.rand(b, s2, generator=g))
+    beta = torch.rand(b, s2, 1, generator=g)[..., 0].double() * 0.5
+    assert torch.equal(c["mix_index"][0], ci) and torch.equal(c["mix_index"][1], cj)
+    assert torch.equal(c["query_mix_index"], ck)
+    assert torch.equal(c["alpha"], alpha) and torch.equal(c["beta"], beta)
+
+
 # --------------------------------------------------------------------------- loss
 def ref_moco_loss_with_mixes(p: Pairs, out: Pairs, tau: float) -> torch.Tensor:
     """Per-query logits [l_pos, l_neg(queue), l_mix] / tau, CE with label 0.
@@ -420,3 +490,14 @@ def test_missing_segment_and_bad_step():
         MoCHi(num_hard=4, segment="synthetic")(p)
     with pytest.raises(ValueError, match="step"):
         MoCHi(num_hard=4)(p, step=-1)
+
+
+def test_earlier_per_anchor_candidates_keep_their_gradient():
+    p = moco_pairs()
+    extra = unit(6, 2, 16, seed=7).requires_grad_(True)
+    p = p.replace(per_anchor=extra)
+    out = MoCHi(num_hard=8, num_mix=4, num_query_mix=2, seed=0)(p)
+    assert out.per_anchor.shape == (6, 2 + 4 + 2, 16)
+    torch.testing.assert_close(out.per_anchor[:, :2], extra)
+    info_nce(out, 0.2).loss.backward()
+    assert extra.grad is not None and bool(extra.grad.abs().sum() > 0)

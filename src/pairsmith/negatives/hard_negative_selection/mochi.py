@@ -36,7 +36,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pairsmith.core.pairs import SEGMENT_KINDS, Pairs, Segment
@@ -44,10 +43,63 @@ from pairsmith.core.registry import register_curator
 
 # Rows per block when ranking the hardest negatives: keep one [rows, M] block this size.
 _BLOCK_ELEMENTS = 1 << 22
+# Rows per block when building the mixes: one block's gathered parents ([rows, s + s', D]
+# each) stay in the CPU cache while they are combined, normalised and written out. Larger
+# blocks spill to memory and every pass over them costs a full read (measured on CPU).
+_MIX_BLOCK_ELEMENTS = 1 << 20
+# F.normalize's default eps: a mix is x / max(||x||, eps).
+_NORM_EPS = 1e-12
 
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _support(w: Tensor) -> Tensor:
+    """Bool ``w > 0`` of a weight block that may already be a bool mask."""
+    return w if w.dtype == torch.bool else w > 0
+
+
+def _build_mixes(
+    table: Tensor, first: Tensor, second: Tensor, share: Tensor, out: Tensor
+) -> Tensor:
+    """Write ``normalize(share * table[first] + (1 - share) * table[second])`` into ``out``.
+
+    The straightforward form (gather ``[B, S, D]`` parents, combine, ``F.normalize``,
+    then concatenate) allocates several tensors the size of the output, and on CPU the
+    first touch of each fresh page costs more than the arithmetic. Here the work runs in
+    row blocks through two small reused buffers, and each mix is written once, into
+    ``out``. The element-wise operations are the straightforward ones in the same order
+    (``F.normalize`` is ``x / max(||x||, eps)``), so the mixes are the same numbers.
+
+    Args:
+        table: ``[T, D]`` parent rows.
+        first: ``[B, S]`` long rows of ``table``, the first parents.
+        second: ``[B, S]`` long rows of ``table``, the second parents.
+        share: ``[B, S, 1]`` the first parent's share.
+        out: ``[B, S, D]`` destination (may be a strided view).
+
+    Returns:
+        ``[B, S]``: the divisor of each mix, ``max(||x||, eps)`` of its unnormalised
+        combination ``x``.
+    """
+    b, s_new, d = out.shape
+    rest = 1 - share
+    rows_per_block = max(1, _MIX_BLOCK_ELEMENTS // max(s_new * d, 1))
+    r_max = min(rows_per_block, b)
+    first_buf, second_buf = table.new_empty(r_max * s_new, d), table.new_empty(r_max * s_new, d)
+    norms = table.new_empty(b, s_new, 1)
+    for start in range(0, b, rows_per_block):
+        rows = slice(start, min(start + rows_per_block, b))
+        r = rows.stop - rows.start
+        x = torch.index_select(table, 0, first[rows].reshape(-1), out=first_buf[: r * s_new])
+        y = torch.index_select(table, 0, second[rows].reshape(-1), out=second_buf[: r * s_new])
+        x, y = x.view(r, s_new, d), y.view(r, s_new, d)
+        # Not addcmul: it rounds differently from the straightforward a * x + b * y.
+        x.mul_(share[rows]).add_(y.mul_(rest[rows]))
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, out=norms[rows])
+        torch.div(x, norm.clamp_min_(_NORM_EPS), out=out[rows])
+    return norms[..., 0]
 
 
 @register_curator(
@@ -232,14 +284,18 @@ class MoCHi(nn.Module):
         sims, idxs, counts = [], [], []
         for start in range(0, b, rows_per_block):
             rows = slice(start, min(start + rows_per_block, b))
-            cand = (pairs.negative_block(rows)[:, sl] > 0) & (
-                pairs.positive_block(rows)[:, sl] == 0
-            )
-            scores = (q[rows] @ emb.T).masked_fill(~cand, float("-inf"))
+            # The loss's own masks (bool for binary rules, self removed): a candidate is a
+            # negative column that is not a positive, the columns the loss counts as
+            # negatives. Same support as ``negative_block > 0 & positive_block == 0``.
+            pos, neg = pairs.weight_masks(rows)
+            cand = _support(neg[:, sl]) & ~_support(pos[:, sl])
+            scores = (q[rows] @ emb.T).masked_fill_(~cand, float("-inf"))
             v, i = scores.topk(n, dim=1, largest=True, sorted=True)
             sims.append(v)
             idxs.append(i)
             counts.append(cand.sum(dim=1).clamp_max(n))
+        if len(sims) == 1:
+            return sims[0], idxs[0], counts[0]
         return torch.cat(sims), torch.cat(idxs), torch.cat(counts)
 
     def _slots(self, count: Tensor, n: int, gen: torch.Generator | None) -> Tensor:
@@ -261,7 +317,6 @@ class MoCHi(nn.Module):
         has = count > 0
         gen = self._generator(dev)
 
-        mixes: list[Tensor] = []
         info: dict[str, Any] = {}
         coef: dict[str, Any] = {"hard_index": hard_idx, "hard_count": count}
         hardest = hard_sim[:, 0]
@@ -271,37 +326,66 @@ class MoCHi(nn.Module):
             return torch.where(valid, x, 0.0).sum() / valid.sum().clamp_min(1)
 
         info["mochi/hardest_similarity"] = mean_over(hardest, has)
-        info["mochi/hard_pool_similarity"] = mean_over(
-            torch.where(pool_valid, hard_sim, 0.0), pool_valid
-        )
-        if self.num_mix:
-            s = self.num_mix
-            ci = hard_idx.gather(1, self._slots(count, s, gen))
-            cj = hard_idx.gather(1, self._slots(count, s, gen))
+        pool_sim = torch.where(pool_valid, hard_sim, 0.0)  # hard_sim is -inf off the pool
+        info["mochi/hard_pool_similarity"] = mean_over(pool_sim, pool_valid)
+        # Every mix is ``share * first + (1 - share) * second``, normalised, with the
+        # parents as rows of ``table`` = the segment, then (for type 2) the queries:
+        # type 1 (first, second, share) = (n_i, n_j, alpha), type 2 = (q, n_j, beta).
+        # The draws are made here, in the documented order, before any mix is built.
+        # ``q_first`` / ``q_second`` are the query's similarities to the parents, read
+        # from the ranking (``pool_sim`` at the drawn slot) instead of recomputed.
+        s, s2 = self.num_mix, self.num_query_mix
+        parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+        if s:
+            slot_i, slot_j = self._slots(count, s, gen), self._slots(count, s, gen)
+            ci, cj = hard_idx.gather(1, slot_i), hard_idx.gather(1, slot_j)
             alpha = torch.rand(b, s, 1, generator=gen, device=dev).to(dtype)
-            h = F.normalize(alpha * emb[ci] + (1 - alpha) * emb[cj], dim=-1)
-            mixes.append(h)
-            self._record(info, "mix", torch.einsum("bd,bsd->bs", q, h), hardest, has)
+            parts.append((ci, cj, alpha, pool_sim.gather(1, slot_i), pool_sim.gather(1, slot_j)))
             coef.update(mix_index=(ci, cj), alpha=alpha[..., 0])
-        if self.num_query_mix:
-            s2 = self.num_query_mix
-            ck = hard_idx.gather(1, self._slots(count, s2, gen))
+        if s2:
+            slot_k = self._slots(count, s2, gen)
+            ck = hard_idx.gather(1, slot_k)
             beta = torch.rand(b, s2, 1, generator=gen, device=dev).to(dtype) * self.query_beta_max
-            h2 = F.normalize(beta * q[:, None, :] + (1 - beta) * emb[ck], dim=-1)
-            mixes.append(h2)
-            self._record(info, "query_mix", torch.einsum("bd,bsd->bs", q, h2), hardest, has)
+            query_rows = torch.arange(k, k + b, device=dev)[:, None].expand(b, s2)
+            q_q = (q * q).sum(dim=1, keepdim=True).expand(b, s2)
+            parts.append((query_rows, ck, beta, q_q, pool_sim.gather(1, slot_k)))
             coef.update(query_mix_index=ck, beta=beta[..., 0])
+        table = torch.cat([emb, q]) if s2 else emb
+        first, second, share, q_first, q_second = (
+            p[0] if len(parts) == 1 else torch.cat(p, dim=1) for p in zip(*parts, strict=True)
+        )
+
+        # The mixes are written straight into the new per-anchor tensor (after any
+        # existing per-anchor candidates) instead of being concatenated afterwards.
+        s_new = s + s2
+        s_old = 0 if pairs.per_anchor is None else pairs.per_anchor.shape[1]
+        old = pairs.per_anchor
+        keep_grad = old is not None and old.requires_grad
+        per_anchor = q.new_empty(b, s_new if keep_grad else s_old + s_new, q.shape[1])
+        if old is not None and not keep_grad:
+            per_anchor[:, :s_old] = old
+        norm = _build_mixes(table, first, second, share, per_anchor[:, -s_new:])
+        if keep_grad:
+            # Earlier per-anchor candidates with gradient (another curator's) keep it: the
+            # constant mixes are concatenated outside this no-grad block.
+            with torch.enable_grad():
+                per_anchor = torch.cat([old, per_anchor], dim=1)
+        # q . h without a pass over the mixes: h = (share a + (1 - share) b) / norm, so
+        # q . h = (share q.a + (1 - share) q.b) / norm (the same number up to rounding; a
+        # mix at an exact tie with the hardest negative may count as above it or not).
+        w = share[..., 0]
+        sim = (w * q_first + (1 - w) * q_second) / norm
+        if s:
+            self._record(info, "mix", sim[:, :s], hardest, has)
+        if s2:
+            self._record(info, "query_mix", sim[:, s:], hardest, has)
         if self.record_coefficients:
             info["mochi/coefficients"] = coef
 
-        mix = torch.cat(mixes, dim=1)
-        s_new = mix.shape[1]
         w_new = has[:, None].expand(b, s_new).to(dtype)
         if pairs.per_anchor is None:
-            per_anchor, neg_w, pos_w = mix, w_new, None
+            neg_w, pos_w = w_new, None
         else:
-            s_old = pairs.per_anchor.shape[1]
-            per_anchor = torch.cat([pairs.per_anchor, mix], dim=1)
             old_neg = pairs.per_anchor_negatives
             if old_neg is None:  # the loss reads None as "every per-anchor candidate"
                 old_neg = torch.ones(b, s_old, dtype=dtype, device=dev)
