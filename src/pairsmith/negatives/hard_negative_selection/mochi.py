@@ -365,7 +365,7 @@ class MoCHi(nn.Module):
         if old is not None and not keep_grad:
             per_anchor[:, :s_old] = old
         norm = _build_mixes(table, first, second, share, per_anchor[:, -s_new:])
-        if keep_grad:
+        if old is not None and keep_grad:
             # Earlier per-anchor candidates with gradient (another curator's) keep it: the
             # constant mixes are concatenated outside this no-grad block.
             with torch.enable_grad():
