@@ -86,7 +86,13 @@ def test_row_without_positive_is_invalid_not_nan(curator):
     q = curator(p)
     out = info_nce(q, 0.2)
     assert torch.isfinite(out.losses).all()
-    if not out.valid[-1]:
+    # A curator may give the row positives (SupCon's labels, NNCLR's neighbours); the row
+    # is valid exactly when it has one, and an invalid row contributes 0.
+    has_pos = bool((q.dense_positives()[-1] > 0).any())
+    if q.per_anchor_positives is not None:
+        has_pos = has_pos or bool((q.per_anchor_positives[-1] > 0).any())
+    assert bool(out.valid[-1]) == has_pos
+    if not has_pos:
         assert out.losses[-1] == 0
 
 
