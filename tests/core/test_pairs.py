@@ -202,3 +202,36 @@ def test_from_views_errors():
         Pairs.from_views([], {})
     with pytest.raises(ValueError, match="views\\[1\\]"):
         Pairs.from_views([torch.randn(3, 2), torch.randn(4, 2)], {"instance": torch.arange(3)})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_same_key_single_match_equals_the_dense_mask(seed):
+    """The sorted look-up of the NT-Xent fast path agrees with the [B, M] key comparison:
+    the one match outside the self column where there is exactly one, None otherwise."""
+    g = torch.Generator().manual_seed(seed)
+    n = 5
+    keys = {"instance": torch.randint(-1, 4 if seed % 2 else 40, (n,), generator=g)}
+    if seed < 2:
+        keys = {"instance": torch.arange(n)}  # one match per row: the other view
+    queue = Segment(
+        "queue",
+        torch.randn(7, 3, generator=g),
+        {
+            "instance": torch.arange(100, 107)
+            if seed < 2
+            else torch.randint(-2, 60, (7,), generator=g)
+        },
+    )
+    p = Pairs.from_views([torch.randn(n, 3, generator=g)] * 2, keys, extra=(queue,))
+    rule = SameKey("instance")
+    rows = slice(1, 2 * n)
+    skip = p.self_index[rows]
+    mask = rule.bool_block(p, rows).clone()
+    mask[torch.arange(mask.shape[0]), skip] = False
+    got = rule.single_match(p, rows, skip)
+    if bool((mask.sum(1) == 1).all()):
+        assert got is not None and torch.equal(got, mask.int().argmax(1))
+    else:
+        assert got is None
+    if seed < 2:
+        assert got is not None
