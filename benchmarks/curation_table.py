@@ -3,9 +3,10 @@
 Set-up (shared/reference/anchors.md, "Measured here"): the class-balanced 10,000-image
 Fashion-MNIST training subset, the 4-block CNN (32-64-128-256, ``SmallCNN``), batch 256,
 15 epochs, weighted kNN (k=200, T=0.1) of the L2-normalised backbone features, the 10k
-training subset as memory bank and all 10,000 test images as queries. Augmentation and
-optimiser come from ``configs/curation_table.yaml`` (the main job's first-round recipe at batch 256, frozen; through
-``pairsmith.app.config.load_config`` when present, else that module's defaults: SimCLR
+training subset as memory bank and all 10,000 test images as queries. Augmentation,
+optimiser, batch and epochs come from ``configs/curation_table.yaml`` (the main job's
+first-round recipe at batch 256, frozen) through ``pairsmith.app.config.load_config`` when
+present, else from that module's defaults (SimCLR
 views, SGD lr 0.12, momentum 0.9, weight decay 5e-4, cosine schedule), so the numbers are
 comparable with ``pairsmith train`` runs. Every recipe keeps its own defaults (its class
 docstring says how they were scaled for this small-data set-up).
@@ -101,7 +102,7 @@ class MainConfig:
 
 
 def main_config(path: str | None) -> MainConfig:
-    """Read the budget's config (``configs/curation_table.yaml`` if present) into :class:`MainConfig`."""
+    """Read the budget's config (``configs/curation_table.yaml`` if present)."""
     yaml_path = Path(path) if path else REPO / "configs" / "curation_table.yaml"
     try:
         from pairsmith.app.config import load_config
@@ -385,7 +386,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="1: bf16 autocast for the encoders as in the main job (the loss stays float32)",
     )
-    a("--config", default=None, help="views/optimiser/batch config (default: configs/curation_table.yaml)")
+    a(
+        "--config",
+        default=None,
+        help="views/optimiser/batch/epochs config (default: configs/curation_table.yaml)",
+    )
     a("--data-root", default=None, help="folder with the Fashion-MNIST IDX files")
     a("--json", default=None, help="write every number to this JSON file")
     a("--quick", action="store_true", help="smoke test: 1 epoch, 2k images, 2k test images")
