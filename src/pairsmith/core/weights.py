@@ -139,18 +139,21 @@ class SameKey(Weight):
         """
         a = pairs.anchor_keys[self.key][rows]
         c = pairs.candidate_keys[self.key]
+        m = c.shape[0]
+        if m == 0:
+            return None
         sorted_c, order = torch.sort(c)
         lo = torch.searchsorted(sorted_c, a, right=False)
         hi = torch.searchsorted(sorted_c, a, right=True)
-        m = c.shape[0]
-        has_skip = (skip >= 0) & (c[skip.clamp(0, max(m - 1, 0))] == a) if m else skip < -1
+        # Does the skipped column itself match (it does for SimCLR's own view)?
+        has_skip = (skip >= 0) & (c[skip.clamp(0, m - 1)] == a)
         count = hi - lo - has_skip.long()
         if bool(((count != 1) | (a < 0)).any()):
             return None
-        # At most two matches remain per row (the one and the skipped one): take the first
-        # unless it is the skipped column.
-        first = order[lo.clamp_max(max(m - 1, 0))]
-        second = order[(lo + 1).clamp_max(max(m - 1, 0))]
+        # Each row's matches are order[lo:hi], at most two (the one and the skipped one):
+        # take the first unless it is the skipped column.
+        first = order[lo.clamp_max(m - 1)]
+        second = order[(lo + 1).clamp_max(m - 1)]
         return torch.where(has_skip & (first == skip), second, first)
 
     def __repr__(self) -> str:
