@@ -188,23 +188,27 @@ class Pairs:
             start += len(s)
         raise KeyError(f"no segment named {name!r}; segments are {[s.name for s in self.segments]}")
 
-    def self_mask_block(self, rows: slice) -> Tensor:
-        """``[r, M]`` bool, True at each anchor's own column."""
-        r = len(range(*rows.indices(self.num_anchors)))
-        out = torch.zeros(r, self.num_candidates, dtype=torch.bool, device=self.anchors.device)
-        if self.self_index is not None:
-            idx = self.self_index[rows]
-            has = idx >= 0
-            out[has.nonzero().squeeze(1), idx[has]] = True
-        return out
+    def fill_self(self, block: Tensor, rows: slice, value: float | bool = 0) -> Tensor:
+        """A copy of ``block`` ``[r, M]`` (any dtype) with each anchor's own column at ``value``.
+
+        The one place that removes self-pairs: weight blocks get 0 (or False), logits
+        ``-inf``. Without ``self_index`` the block is returned as it is.
+        """
+        if self.self_index is None:
+            return block
+        idx = self.self_index[rows]
+        has = idx >= 0
+        r_idx = torch.arange(idx.shape[0], device=idx.device)[has]
+        fill = torch.tensor(value, dtype=block.dtype, device=block.device)
+        return block.index_put((r_idx, idx[has]), fill)
 
     def positive_block(self, rows: slice) -> Tensor:
         """``[r, M]`` positive weights with the anchor's own column zeroed."""
-        return self.positives.block(self, rows).masked_fill(self.self_mask_block(rows), 0.0)
+        return self.fill_self(self.positives.block(self, rows), rows)
 
     def negative_block(self, rows: slice) -> Tensor:
         """``[r, M]`` negative weights with the anchor's own column zeroed."""
-        return self.negatives.block(self, rows).masked_fill(self.self_mask_block(rows), 0.0)
+        return self.fill_self(self.negatives.block(self, rows), rows)
 
     def weight_masks(self, rows: slice) -> tuple[Tensor, Tensor]:
         """Positive and negative ``[r, M]`` blocks for the loss, self removed.
@@ -223,17 +227,7 @@ class Pairs:
             neg = neg_rule.bool_block(self, rows)
         else:
             neg = neg_rule.block(self, rows)
-        return self._without_self(pos, rows), self._without_self(neg, rows)
-
-    def _without_self(self, block: Tensor, rows: slice) -> Tensor:
-        """``block`` (bool or float ``[r, M]``) with each anchor's own column zeroed."""
-        if self.self_index is None:
-            return block
-        idx = self.self_index[rows]
-        has = idx >= 0
-        r_idx = torch.arange(idx.shape[0], device=idx.device)[has]
-        zero = torch.zeros((), dtype=block.dtype, device=block.device)
-        return block.index_put((r_idx, idx[has]), zero)
+        return self.fill_self(pos, rows), self.fill_self(neg, rows)
 
     def dense_positives(self) -> Tensor:
         """``[B, M]`` positive weights (self removed)."""

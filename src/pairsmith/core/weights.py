@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from pairsmith.core.pairs import Pairs
 
 
+def support(w: Tensor) -> Tensor:
+    """Bool ``w > 0`` of a weight block that may already be a bool mask. Shape kept."""
+    return w if w.dtype == torch.bool else w > 0
+
+
 class Weight(ABC):
     """A non-negative ``[B, M]`` weight matrix described by a rule.
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from pairsmith.core.pairs import SEGMENT_KINDS, Pairs, Segment
 from pairsmith.core.registry import register_curator
+from pairsmith.core.weights import support
 
 # Rows per block when ranking the hardest negatives: keep one [rows, M] block this size.
 _BLOCK_ELEMENTS = 1 << 22
@@ -53,11 +54,6 @@ _NORM_EPS = 1e-12
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _support(w: Tensor) -> Tensor:
-    """Bool ``w > 0`` of a weight block that may already be a bool mask."""
-    return w if w.dtype == torch.bool else w > 0
 
 
 def _build_mixes(
@@ -288,7 +284,7 @@ class MoCHi(nn.Module):
             # negative column that is not a positive, the columns the loss counts as
             # negatives. Same support as ``negative_block > 0 & positive_block == 0``.
             pos, neg = pairs.weight_masks(rows)
-            cand = _support(neg[:, sl]) & ~_support(pos[:, sl])
+            cand = support(neg[:, sl]) & ~support(pos[:, sl])
             scores = (q[rows] @ emb.T).masked_fill_(~cand, float("-inf"))
             v, i = scores.topk(n, dim=1, largest=True, sorted=True)
             sims.append(v)
